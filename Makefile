@@ -1,0 +1,70 @@
+# The lab's entry points. Every target creates and uses the project-local virtualenv (.venv)
+# and the project-local geth (tools/bin/geth) by itself, so a fresh clone needs no other step.
+SHELL := /bin/bash
+SCENARIO ?= homes10
+RUNTIME ?=
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+GETH := tools/bin/geth
+GETH_VERSION := v1.13.15
+LAB := $(BIN)/lab
+
+.PHONY: setup up run down watch solve test test-slow test-compose bench-admm bench-gas lint clean
+
+setup: $(STAMP) $(GETH)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# geth v1.13.15 is the last release with Clique sealing (DESIGN.md). Built from its Go
+# module; the linkname flag works around fjl/memsize on Go >= 1.23.
+$(GETH):
+	@command -v go >/dev/null || { echo "error: no Go toolchain found to build geth $(GETH_VERSION)." \
+	  "Install Go (>= 1.22), or place the official geth $(GETH_VERSION) release binary at $(GETH)." >&2; exit 1; }
+	mkdir -p tools/bin
+	GOBIN=$(CURDIR)/tools/bin go install -ldflags=-checklinkname=0 \
+	  github.com/ethereum/go-ethereum/cmd/geth@$(GETH_VERSION) \
+	|| GOTOOLCHAIN=go1.22.12 GOBIN=$(CURDIR)/tools/bin go install \
+	  github.com/ethereum/go-ethereum/cmd/geth@$(GETH_VERSION)
+	$(GETH) version | grep -q '^Version: 1.13.15' || { echo "error: $(GETH) is not 1.13.15" >&2; exit 1; }
+
+up: setup
+	$(LAB) up $(SCENARIO) $(if $(RUNTIME),--runtime $(RUNTIME))
+
+run: setup
+	$(LAB) run $(SCENARIO) $(if $(RUNTIME),--runtime $(RUNTIME))
+
+down: setup
+	$(LAB) down
+
+watch: setup
+	$(LAB) watch
+
+solve: setup
+	$(LAB) solve $(SCENARIO)
+
+test: setup
+	$(BIN)/pytest -q
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow
+
+test-compose: setup
+	$(BIN)/pytest -q -m compose
+
+bench-admm: setup
+	$(LAB) bench-admm $(SCENARIO)
+
+bench-gas: setup
+	$(BIN)/python -m aggregator_contract.bench_gas
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) tools runs
