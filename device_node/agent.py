@@ -1,0 +1,108 @@
+"""One device on the chain: its private model, its own key, its own node (DESIGN.md,
+"A device node").
+
+Each round the agent reads the shared variables from the contract, solves its local step
+
+    x_i+ = argmin_{x in X_i} f_i(x) + (rho/2)||x - v_i||^2,   v_i = x_i - xbar + zbar - u
+
+and submits x_i+ signed with its own key. x_i is read back from the chain (the contract's
+copy of the device's last submission, which after a missed round is what the contract used),
+so a restarted agent resumes from chain state alone. After finalization the agent derives
+the on/off plan of each switched load from the component split of its final x_i and
+publishes the plans on chain for the MQTT bridge.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from eth_account.signers.local import LocalAccount
+
+from aggregator_contract.client import Coordinator, CoordinatorError, CurrentVars
+from device_node.local_step import LocalProblem
+from lab.scenario import DeviceSpec
+from mqtt_bridge.plan import on_off_plan, plan_to_words, required_on_slots
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    session: int
+    round: int
+    solve_s: float
+
+
+class DeviceAgent:
+    def __init__(self, spec: DeviceSpec, account: LocalAccount, coordinator: Coordinator,
+                 solver: str) -> None:
+        self.spec = spec
+        self.account = account
+        self.coordinator = coordinator
+        self.problem = LocalProblem(spec, solver=solver)
+        self._done: tuple[int, int] | None = None  # (session, round) last submitted
+        self._planned: set[int] = set()  # sessions whose plans are on chain
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    def step(self, cur: CurrentVars) -> StepResult | None:
+        """Submit for the open round unless this agent already has; None when nothing to do."""
+        key = (cur.session, cur.round)
+        if self._done == key:
+            return None
+        if self.coordinator.has_submitted(cur.session, cur.round, self.address):
+            self._done = key  # e.g. submitted before a restart
+            return None
+        x_prev = self.coordinator.last_x(cur.session, self.address)
+        v = x_prev - cur.xbar + cur.zbar - cur.u
+        x = self.problem.solve(v, cur.rho)
+        try:
+            self.coordinator.submit(cur.session, cur.round, x)
+        except CoordinatorError as e:
+            # Another path closed the round first (deadline advance): the next read tells.
+            if "round" not in str(e):
+                raise
+            log.warning("%s: submission for round %d refused: %s", self.spec.id, cur.round, e)
+        self._done = key
+        return StepResult(cur.session, cur.round, self.problem.solve_times[-1])
+
+    def publish_plans(self, session: int) -> bool:
+        """Once `session` is final: the on/off plan of every switched load with an actuator,
+        on chain. Returns True when there was something to publish."""
+        if session in self._planned or not self.spec.actuators():
+            return False
+        if self.coordinator.plan_words(session, self.address):
+            self._planned.add(session)
+            return False
+        sched = self.coordinator.schedule(session)
+        if sched is None:
+            raise RuntimeError(f"{self.spec.id}: session {session} is not final yet")
+        parts = self.component_split(sched.x[self.address])
+        words: list[int] = []
+        for comp in self.spec.components:
+            if comp.actuator is None:
+                continue
+            words += plan_to_words(self.switch_plan(comp, parts[comp.id]))
+        self.coordinator.publish_plan(session, words)
+        self._planned.add(session)
+        return True
+
+    def component_split(self, x_final: np.ndarray) -> dict[str, np.ndarray]:
+        """Each component's power in the cheapest realisation of the final x_i. The last local
+        solution is used when it is that x (the usual case); after a restart the split is
+        re-derived from x_i alone, so every run of the agent gives the same plans."""
+        last = self.problem.x
+        if last is None or not np.allclose(last, x_final, atol=1e-6, rtol=0):
+            self.problem.private_cost(x_final)
+            return self.problem.home.component_power()
+        return self.problem.component_power()
+
+    def switch_plan(self, comp, power_kw: np.ndarray) -> np.ndarray:
+        h = self.spec.horizon
+        on_slots = required_on_slots(comp.params["on_hours"], h.slot_minutes)
+        return on_off_plan(power_kw, comp.params["rated_kw"], on_slots,
+                           tuple(comp.params["window"]) if comp.params.get("window") else None)

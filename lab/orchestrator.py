@@ -1,0 +1,363 @@
+"""The lab on the local-process runtime: `lab up`, `lab run`, `lab down`.
+
+    scenario ─> run folder (keys, device payloads) ─> geth network (signer(s) + member nodes)
+            ─> Coordinator deployed, devices whitelisted, session opened
+            ─> one device process per device (or per group), supervised
+            ─> rounds until the contract finalizes ─> schedule read back from every node
+            ─> results (schedule, history, plots) ─> MQTT playback of the day
+
+The orchestrator holds the operator key only; each device process gets its own key file.
+A device process that dies is restarted and resumes from chain state. With Clique period 0
+blocks are sealed only when transactions arrive, so while no round progresses the
+orchestrator seals a block now and then (a 0-value operator transaction) to let the round
+deadline pass; past it, it calls `advance` and the stragglers' previous x_i are used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aggregator_contract.client import Coordinator, CoordinatorError, connect, send_tx
+from chain import keys
+from chain.network import Network, load_nodes, stop_run
+from lab import results as res
+from lab.runfolder import RunFolder, active_lab, claim, release
+from lab.scenario import Scenario
+from lab.supervisor import Supervisor, stop_pids
+
+log = logging.getLogger("lab")
+
+STALL_TICK_S = 2.0  # seconds without progress before the orchestrator seals a block
+
+
+@dataclass
+class Progress:
+    """What the live view prints and the history records, one row per closed round."""
+
+    rows: list[dict] = field(default_factory=list)
+    t_start: float = field(default_factory=time.monotonic)
+    t_last: float = field(default_factory=time.monotonic)
+
+
+class Lab:
+    def __init__(self, scenario: Scenario, run: RunFolder, out=sys.stderr) -> None:
+        self.scenario = scenario
+        self.run = run
+        self.out = out
+        self.supervisor = Supervisor(on_start=run.record_pid)
+        self.network: Network | None = None
+        self.coordinator: Coordinator | None = None
+        self.session: int | None = None
+        self.groups: dict[str, list[str]] = {}  # node name -> device ids it serves
+        self.t0 = time.monotonic()
+        self.timings: dict[str, float] = {}
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def say(self, msg: str) -> None:
+        print(msg, file=self.out, flush=True)
+
+    def prepare(self) -> None:
+        """Run folder contents that need no chain: scenario, device payloads, keys."""
+        s = self.scenario
+        (self.run.path / "scenario.yaml").write_text(s.to_yaml())
+        for d in s.devices:
+            (self.run.path / "devices" / f"{d.id}.yaml").write_text(
+                json.dumps(d.to_payload(), indent=1))  # JSON is YAML; exact floats
+        self.accounts = keys.ensure_devices(self.run.path, [d.id for d in s.devices])
+        self.operator = keys.ensure_operator(self.run.path)
+        ids = [d.id for d in s.devices]
+        if s.chain.nodes == "per_group":
+            size = s.chain.group_size
+            self.groups = {f"group{k // size:03d}": ids[k:k + size]
+                           for k in range(0, len(ids), size)}
+        else:
+            self.groups = {f"node-{d}": [d] for d in ids}
+
+    def start_chain(self) -> None:
+        s = self.scenario
+        t = time.monotonic()
+        self.say(f"chain: {s.chain.signers} signer(s), period {s.chain.period}, "
+                 f"{len(self.groups)} member nodes ...")
+        fund = [self.operator.address, *(a.address for a in self.accounts.values())]
+        self.network = Network.start(self.run.path, members=list(self.groups),
+                                     signers=s.chain.signers, period=s.chain.period, fund=fund)
+        self.timings["chain_start_s"] = time.monotonic() - t
+        for name, info in self.network.nodes.items():
+            if info.pid:
+                self.run.record_pid(f"geth-{name}", info.pid)
+
+    def deploy(self) -> None:
+        s = self.scenario
+        t = time.monotonic()
+        w3 = connect(self.network.http_url(self.network.signers[0]))
+        self.coordinator = Coordinator.deploy(w3, self.operator)
+        self.coordinator.register_devices(
+            [(self.accounts[d.id].address, *d.power_bounds()) for d in s.devices])
+        self.session = self.coordinator.open_session(
+            s.feeder_params(), s.admm_settings(),
+            [self.accounts[d.id].address for d in s.devices], s.chain.round_deadline_blocks)
+        self.deploy_block = int(self.coordinator.deploy_receipt["blockNumber"])
+        self.run.write_json("lab.json", {
+            "scenario": s.name, "contract": self.coordinator.address, "session": self.session,
+            "deploy_block": self.deploy_block, "solver": s.admm.solver,
+            "devices": {d: self.accounts[d].address for d in self.accounts},
+            "groups": self.groups, "runtime": "local",
+        })
+        self.timings["deploy_s"] = time.monotonic() - t
+        self.say(f"contract {self.coordinator.address}, session {self.session} open")
+
+    def start_devices(self) -> None:
+        for node, devices in self.groups.items():
+            args = ["--run-dir", self.run.path, "--node", node]
+            for d in devices:
+                args += ["--device", d]
+            self.supervisor.python(f"devices-{node}", "device_node", args, self.run.logs,
+                                   restart=True)
+
+    # -- the rounds ---------------------------------------------------------------------
+
+    def follow_rounds(self, timeout_s: float | None = None) -> Progress:
+        """Print one line per closed round until the session is final."""
+        coord, session = self.coordinator, self.session
+        prog = Progress()
+        next_round, from_block = 0, self.deploy_block
+        last_seen = time.monotonic()
+        prev_block = self.deploy_block
+        while True:
+            self.supervisor.poll()
+            recs = [r for r in coord.rounds(session, from_block=from_block)
+                    if r.round >= next_round]
+            now = time.monotonic()
+            for r in recs:
+                gas = self._gas_between(prev_block, r.block)
+                row = {"round": r.round, "r": r.r, "s": r.s, "eps_pri": r.eps_pri,
+                       "eps_dual": r.eps_dual, "rho": r.rho, "rho_next": r.rho_next,
+                       "converged": r.converged, "stragglers": r.stragglers, "block": r.block,
+                       "gas": gas, "wall_s": round(now - prog.t_last, 4)}
+                prog.rows.append(row)
+                prog.t_last = now
+                prev_block = r.block
+                next_round, from_block = r.round + 1, r.block
+                self.say(f"round {r.round:3d} | r {r.r:9.3e} (eps {r.eps_pri:8.2e}) | "
+                         f"s {r.s:9.3e} (eps {r.eps_dual:8.2e}) | rho {r.rho:8.4g} | "
+                         f"{row['wall_s']:6.3f} s | gas {gas:,}"
+                         + (f" | {r.stragglers} straggler(s)" if r.stragglers else ""))
+            if recs:
+                last_seen = now
+            if coord.is_finalized(session):
+                return prog
+            if timeout_s is not None and now - prog.t_start > timeout_s:
+                raise TimeoutError(f"session {session} not final after {timeout_s:.0f} s")
+            if now - last_seen > STALL_TICK_S:
+                self._unstick()
+                last_seen = now
+            time.sleep(0.05)
+
+    def _unstick(self) -> None:
+        """No progress: seal a block (period 0 seals only on transactions) and, once the
+        round deadline has passed, advance the round with the stragglers' previous x_i."""
+        cur = self.coordinator.current()
+        w3 = self.coordinator.w3
+        if cur is not None and w3.eth.block_number >= cur.deadline:
+            try:
+                self.coordinator.advance(self.session)
+                self.say(f"round {cur.round}: deadline passed, advanced without stragglers")
+            except CoordinatorError as e:
+                log.info("advance refused: %s", e)
+            return
+        if self.scenario.chain.period == 0:
+            send_tx(w3, self.operator, {"to": self.operator.address, "value": 0}, "tick")
+
+    def _gas_between(self, after_block: int, upto_block: int) -> int:
+        w3 = self.coordinator.w3
+        return sum(int(w3.eth.get_block(b)["gasUsed"])
+                   for b in range(after_block + 1, upto_block + 1))
+
+    # -- after finalization -------------------------------------------------------------
+
+    def read_schedule(self) -> tuple[np.ndarray, dict]:
+        """The final schedule from the chain, checked equal on every node."""
+        s = self.scenario
+        addresses = [self.accounts[d.id].address for d in s.devices]
+        per_node = {}
+        for name in self.network.nodes:
+            c = Coordinator(connect(self.network.http_url(name)), self.coordinator.address)
+            sched = c.wait_finalized(self.session, timeout=30)
+            per_node[name] = np.array([sched.x[a] for a in addresses])
+        ref = per_node[self.network.signers[0]]
+        differs = [n for n, x in per_node.items() if not np.array_equal(x, ref)]
+        if differs:
+            raise RuntimeError(f"nodes {differs} disagree on the final schedule")
+        final = self.coordinator.schedule(self.session)
+        return ref, {"converged": final.converged, "round": final.round,
+                     "block": final.block, "timestamp": final.timestamp,
+                     "nodes_agreeing": len(per_node)}
+
+    def write_results(self, x: np.ndarray, meta: dict, prog: Progress) -> None:
+        s = self.scenario
+        out = self.run.results
+        ids = [d.id for d in s.devices]
+        feeder = s.feeder_params()
+        times = res.slot_times(s.horizon.start, s.horizon.slots, s.horizon.slot_minutes)
+        res.write_schedule(out, ids, x, feeder, times,
+                           {"session": self.session, "contract": self.coordinator.address,
+                            **meta})
+        res.write_history(out, prog.rows)
+        res.plot_all(out, ids, x, feeder, prog.rows, s.name)
+
+    # -- tear-down ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()
+        if self.network is not None:
+            self.network.stop()
+        stop_pids(self.run.recorded_pids().values(), timeout=3)
+
+
+def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True) -> dict:
+    """The whole lab once; returns the summary dict (`lab run` prints it as JSON)."""
+    busy = active_lab()
+    if busy is not None:
+        raise SystemExit(f"error: a lab is already running (scenario {busy.get('scenario')}, "
+                         f"pid {busy['pid']}, run folder {busy.get('run')}); "
+                         "stop it with `make down` first")
+    run = RunFolder.create(scenario.name)
+    claim(run, scenario.name)
+    lab = Lab(scenario, run)
+    _install_signal_handlers()
+    t0 = time.monotonic()
+    try:
+        lab.say(f"run folder {run.path}")
+        lab.prepare()
+        lab.start_chain()
+        lab.deploy()
+        lab.start_devices()
+        t_rounds = time.monotonic()
+        prog = lab.follow_rounds()
+        wall_rounds = time.monotonic() - t_rounds
+        x, meta = lab.read_schedule()
+        lab.write_results(x, meta, prog)
+        summary = {
+            "scenario": scenario.name,
+            "runtime": "local",
+            "nodes": len(lab.network.nodes),
+            "devices": len(scenario.devices),
+            "finalized": True,
+            "converged": meta["converged"],
+            "rounds": len(prog.rows),
+            "wall_s_total": None,
+            "wall_s_rounds": round(wall_rounds, 3),
+            "round_s_median": round(float(np.median([r["wall_s"] for r in prog.rows])), 4),
+            "gas_total": lab._gas_between(lab.deploy_block - 1, meta["block"]),
+            "gap_vs_inprocess": None,
+            "results": str(run.results),
+        }
+        if compare:
+            from lab.admm_inprocess import run_admm
+
+            ref = run_admm(scenario)
+            summary["gap_vs_inprocess"] = float(np.abs(ref.x - x).max())
+            summary["rounds_inprocess"] = ref.rounds
+        summary["wall_s_total"] = round(time.monotonic() - t0, 3)
+        run.write_json("results/summary.json", summary)
+        if interactive:
+            lab.say(f"final schedule in {run.results}; Ctrl-C or `make down` stops the lab")
+            _wait_forever()
+        return summary
+    finally:
+        lab.stop()
+        release()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _install_signal_handlers() -> None:
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _wait_forever() -> None:
+    while True:
+        time.sleep(3600)
+
+
+def down() -> int:
+    """Stop the running lab: ask its orchestrator to stop, then make sure of it."""
+    info = active_lab()
+    if info is None:
+        print("no lab is running")
+        return 0
+    import psutil
+
+    try:
+        p = psutil.Process(info["pid"])
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=30)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        stop_pids([info["pid"]])
+    run_dir = Path(info["run"])
+    stop_run(run_dir)
+    pids = RunFolder(run_dir).recorded_pids()
+    stop_pids(pids.values(), timeout=3)
+    print(f"stopped the lab of {run_dir}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register up/run/down on the `lab` CLI's subparsers."""
+    for name, helptext in (("up", "start the lab in the foreground until Ctrl-C"),
+                           ("run", "run the lab once; last stdout line is a JSON summary")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("scenario")
+        p.add_argument("--runtime", choices=("local", "compose"), default=None)
+        p.add_argument("--no-compare", action="store_true",
+                       help="skip the in-process ADMM comparison (gap_vs_inprocess)")
+        p.set_defaults(func=_cmd_up if name == "up" else _cmd_run)
+    p = sub.add_parser("down", help="stop the running lab")
+    p.set_defaults(func=lambda args: down())
+
+
+def _load(name: str) -> Scenario:
+    from lab.scenario import ScenarioError, load
+
+    try:
+        return load(name)
+    except ScenarioError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _cmd_run(args) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    summary = run_once(_load(args.scenario), interactive=False, compare=not args.no_compare)
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_up(args) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        summary = run_once(_load(args.scenario), interactive=True,
+                           compare=not args.no_compare)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 0
+    print(json.dumps(summary))
+    return 0
+
+
+__all__ = ["Lab", "run_once", "down", "add_commands", "load_nodes"]

@@ -1,0 +1,222 @@
+"""Device models against hand-derivable cases, the local step, and infeasibility errors."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+from device_node.local_step import LocalProblem
+from device_node.models import InfeasibleDevice, build_home, check_feasible
+from lab.scenario import ScenarioError, load, parse
+
+
+def mini(*components: dict, slots: int = 24, minutes: float = 60, check: bool = True):
+    """A one-device scenario with the given components (hourly slots from midnight)."""
+    doc = {"name": "mini", "horizon": {"slots": slots, "slot_minutes": minutes},
+           "feeder": {"price": {"profile": "flat", "value": 0.2}, "capacity_kw": 100,
+                      "export_limit_kw": 100, "gamma": 0.0},
+           "devices": [{"id": "dev", "components": list(components)}]}
+    return parse(doc, "mini.yaml", check_feasible=check).devices[0]
+
+
+def solve_with_price(device, price: np.ndarray):
+    """min f(x) + sum_t price_t * Δ * x_t: the device's reaction to a price."""
+    home = build_home(device)
+    dt = device.horizon.delta_h
+    prob = cp.Problem(cp.Minimize(home.cost + dt * price @ home.power), home.constraints)
+    prob.solve(solver="CLARABEL")
+    assert prob.status == cp.OPTIMAL
+    return home, np.asarray(home.power.value).reshape(-1), prob.value
+
+
+def test_battery_charges_low_discharges_high_hand_derived():
+    # 8 h: price 0.1 for 4 h, then 0.5 for 4 h; no wear, so the LP optimum is exact:
+    # fill from 5 to soc_max 9 kWh (4/0.95 kWh drawn), then empty to the final 5 kWh
+    # (4*0.95 kWh delivered). Cost = 0.1*4/0.95 - 0.5*4*0.95.
+    dev = mini({"id": "b", "type": "battery", "capacity_kwh": 10, "max_charge_kw": 2,
+                "max_discharge_kw": 2, "eta_charge": 0.95, "eta_discharge": 0.95,
+                "soc_init": 0.5, "soc_min": 0.1, "soc_max": 0.9, "soc_final_min": 0.5,
+                "wear_per_kwh": 0.0, "stress_per_kw2h": 0.0}, slots=8)
+    price = np.array([0.1] * 4 + [0.5] * 4)
+    home, x, value = solve_with_price(dev, price)
+    bat = home.components[0]
+    assert np.all(x[:4] >= -1e-6) and np.all(x[4:] <= 1e-6)  # charge low, discharge high
+    assert np.all(np.abs(x) <= 2 + 1e-6)
+    assert bat.charge.value.sum() == pytest.approx(4 / 0.95, abs=1e-5)
+    assert bat.discharge.value.sum() == pytest.approx(4 * 0.95, abs=1e-5)
+    assert value == pytest.approx(0.1 * 4 / 0.95 - 0.5 * 4 * 0.95, abs=1e-6)
+    e = bat.energy.value
+    assert e.max() <= 9 + 1e-6 and e.min() >= 1 - 1e-6 and e[-1] >= 5 - 1e-6
+
+
+def test_battery_stress_spreads_power_evenly():
+    # with C-rate stress the same arbitrage is spread evenly over equal-price slots
+    dev = mini({"id": "b", "type": "battery", "capacity_kwh": 10, "max_charge_kw": 5,
+                "max_discharge_kw": 5, "soc_init": 0.5, "soc_min": 0.1, "soc_max": 0.9,
+                "soc_final_min": 0.5}, slots=8)
+    _, x, _ = solve_with_price(dev, np.array([0.1] * 4 + [0.5] * 4))
+    assert np.ptp(x[:4]) < 1e-4 and np.ptp(x[4:]) < 1e-4 and x[0] > 0 > x[-1]
+
+
+def test_ev_meets_energy_by_departure_in_wrapping_window():
+    # plugged 20:00 -> 06:00 (wraps); cheapest hours 02:00-04:00
+    dev = mini({"id": "ev", "type": "ev", "capacity_kwh": 60, "max_rate_kw": 7.4,
+                "arrive_slot": 20, "depart_slot": 6, "energy_kwh": 10, "eta": 0.9})
+    price = np.full(24, 0.3)
+    price[2:4] = 0.1
+    _, x, _ = solve_with_price(dev, price)
+    plugged = np.r_[np.ones(6), np.zeros(14), np.ones(4)].astype(bool)
+    assert np.abs(x[~plugged]).max() < 1e-7  # nothing while away
+    assert 0.9 * x.sum() == pytest.approx(10, abs=1e-5)  # exactly the need, no more
+    assert x.max() <= 7.4 + 1e-6 and x.min() >= -1e-7
+    # 11.1 kWh: 2 cheap hours at 7.4 kW = 14.8 kWh suffice, so nothing else is used
+    assert x[2:4].sum() == pytest.approx(10 / 0.9, abs=1e-4)
+
+
+def _simulate(p: dict, power: np.ndarray, dt: float) -> np.ndarray:
+    """The thermal recurrence written out independently of the model."""
+    a = np.exp(-dt / (p["r_c_per_kw"] * p["c_kwh_per_c"]))
+    sigma = 1.0 if p["mode"] == "heat" else -1.0
+    t_out, draw = np.array(p["t_out_c"]), np.array(p["draw_kw"])
+    theta = [p["t_init_c"]]
+    for t in range(len(power)):
+        drive = t_out[t] + sigma * p["r_c_per_kw"] * (p["cop"] * power[t] - draw[t])
+        theta.append(a * theta[-1] + (1 - a) * drive)
+    return np.array(theta)
+
+
+@pytest.mark.parametrize("spec", [
+    {"id": "ac", "type": "thermal", "kind": "heat_pump", "mode": "cool", "max_kw": 3, "cop": 3,
+     "r_c_per_kw": 3, "c_kwh_per_c": 5, "t_init_c": 23, "t_min_c": 21, "t_max_c": 24.5,
+     "t_out_c": {"profile": "summer"}},
+    {"id": "hp", "type": "thermal", "kind": "heat_pump", "mode": "heat", "max_kw": 3, "cop": 3,
+     "r_c_per_kw": 5, "c_kwh_per_c": 4, "t_init_c": 20.5, "t_min_c": 19, "t_max_c": 22,
+     "t_out_c": {"profile": "winter"}},
+    {"id": "wh", "type": "thermal", "kind": "water_heater", "max_kw": 3, "r_c_per_kw": 500,
+     "c_kwh_per_c": 0.23, "t_init_c": 55, "t_min_c": 45, "t_max_c": 65, "t_out_c": 20,
+     "draw_kw": {"profile": "hot_water", "daily_kwh": 6}},
+])
+def test_thermal_stays_in_band(spec):
+    dev = mini(spec, slots=96, minutes=15)
+    price = np.where((np.arange(96) >= 68) & (np.arange(96) < 84), 0.35, 0.12)
+    home, x, _ = solve_with_price(dev, price)
+    comp = dev.components[0]
+    theta = _simulate(comp.params, x, 0.25)
+    assert np.allclose(theta, home.components[0].temp.value, atol=1e-5)
+    assert theta[1:].min() >= spec["t_min_c"] - 1e-5
+    assert theta[1:].max() <= spec["t_max_c"] + 1e-5
+    assert x.min() >= -1e-7 and x.max() <= spec["max_kw"] + 1e-6
+    assert x.sum() > 0.1  # it has to work to stay in band
+
+
+def test_thermal_water_heater_preheats_before_peak():
+    spec = {"id": "wh", "type": "thermal", "kind": "water_heater", "max_kw": 3,
+            "r_c_per_kw": 500, "c_kwh_per_c": 0.23, "t_init_c": 55, "t_min_c": 45,
+            "t_max_c": 65, "t_out_c": 20, "draw_kw": {"profile": "hot_water", "daily_kwh": 6}}
+    dev = mini(spec, slots=96, minutes=15)
+    peak = (np.arange(96) >= 68) & (np.arange(96) < 84)
+    _, x, _ = solve_with_price(dev, np.where(peak, 0.35, 0.12))
+    assert x[peak].sum() < 1e-3  # nothing bought at peak price
+
+
+def test_deferrable_switched_pv_fixed():
+    dev = mini(
+        {"id": "base", "type": "fixed_load", "profile": "flat", "daily_kwh": 12},
+        {"id": "pv", "type": "pv", "peak_kw": 4, "curtailable": True},
+        {"id": "dw", "type": "deferrable", "energy_kwh": 1.5, "max_kw": 1.0, "window": [18, 23]},
+        {"id": "bulb", "type": "switched", "rated_kw": 0.1, "on_hours": 2, "window": [22, 2]},
+    )
+    price = np.full(24, 0.3)
+    price[20], price[21], price[0] = 0.1, 0.2, 0.05
+    price[12:15] = -0.05  # negative price at noon: curtail PV
+    home, x, _ = solve_with_price(dev, price)
+    parts = {c.id: np.asarray(c.power.value).reshape(-1) for c in home.components}
+    assert np.allclose(parts["base"], 0.5)
+    assert parts["dw"][20] == pytest.approx(1.0, abs=1e-5)  # cheapest hour at full power
+    assert parts["dw"][21] == pytest.approx(0.5, abs=1e-5)  # then the next cheapest
+    assert parts["dw"].sum() == pytest.approx(1.5, abs=1e-6)
+    assert parts["bulb"][0] == pytest.approx(0.1, abs=1e-6)  # wraps past midnight
+    assert parts["bulb"].sum() == pytest.approx(0.2, abs=1e-6)
+    assert np.abs(parts["pv"][12:15]).max() < 1e-6  # curtailed at the negative price
+    assert parts["pv"][10] < -1.0  # produces otherwise
+    assert np.allclose(sum(parts.values()), x)
+
+
+def test_curtailable_utility_sheds_gradually():
+    # U(p) = v (p - p^2 / (2 D)): price 0 -> serve all, price v/2 -> D/2, price >= v -> 0
+    dev = mini({"id": "c", "type": "curtailable", "profile": [2.0] * 3, "peak_kw": 1.0,
+                "value_per_kwh": 0.4}, slots=3)
+    _, x, _ = solve_with_price(dev, np.array([0.0, 0.2, 0.5]))
+    assert x == pytest.approx([2.0, 1.0, 0.0], abs=1e-3)  # zero slope at p = D: loose there
+
+
+def test_infeasible_thermal_names_device_and_component():
+    spec = {"id": "ac", "type": "thermal", "kind": "heat_pump", "mode": "cool", "max_kw": 0.01,
+            "r_c_per_kw": 3, "c_kwh_per_c": 5, "t_init_c": 22, "t_min_c": 21, "t_max_c": 22.5,
+            "t_out_c": 32}
+    dev = mini(spec, check=False)
+    with pytest.raises(InfeasibleDevice, match=r"device dev, component ac: infeasible"):
+        check_feasible(dev)
+    with pytest.raises(ScenarioError, match=r"mini\.yaml: devices\[0\]\.components\[0\]: .*ac"):
+        mini(spec)
+
+
+@pytest.mark.parametrize("spec,path,text", [
+    ({"id": "b", "type": "battery", "capacity_kwh": 10, "max_charge_kw": 0.2,
+      "max_discharge_kw": 1, "soc_init": 0.1, "soc_min": 0.1, "soc_max": 1.0,
+      "soc_final_min": 0.9}, "soc_final_min", "reachable"),
+    ({"id": "d", "type": "deferrable", "energy_kwh": 5, "max_kw": 1, "window": [0, 3]},
+     "energy_kwh", r"at most max_kw \* window"),
+    ({"id": "s", "type": "switched", "rated_kw": 0.1, "on_hours": 5, "window": [0, 3]},
+     "on_hours", "at most the window's 3 h"),
+    ({"id": "h", "type": "thermal", "kind": "heat_pump", "max_kw": 1, "r_c_per_kw": 2,
+      "c_kwh_per_c": 3, "t_init_c": 25, "t_min_c": 19, "t_max_c": 22, "t_out_c": 5},
+     "t_init_c", "comfort band"),
+])
+def test_infeasible_parameters_caught_analytically(spec, path, text):
+    with pytest.raises(ScenarioError, match=rf"devices\[0\]\.components\[0\]\.{path}: .*{text}"):
+        mini(spec)
+
+
+def test_local_step_is_dpp_and_matches_a_direct_solve():
+    dev = load("homes3").device("home01")
+    lp = LocalProblem(dev)
+    assert lp.problem.is_dcp(dpp=True)
+    rng = np.random.default_rng(1)
+    for rho in (0.03, 1.0):
+        v = rng.normal(0, 2, 96)
+        x = lp.solve(v, rho)
+        # the same prox step written directly (non-DPP form) as the reference
+        home = build_home(dev)
+        ref = cp.Problem(cp.Minimize(home.cost + rho / 2 * cp.sum_squares(home.power - v)),
+                         home.constraints)
+        ref.solve(solver="CLARABEL")
+        assert np.abs(x - home.power.value).max() < 1e-4
+        assert lp.private_cost() == pytest.approx(float(home.cost.value), abs=1e-5)
+        parts = lp.component_power()
+        assert np.allclose(sum(parts.values()), x, atol=1e-8)
+        lo, hi = dev.power_bounds()
+        assert x.min() >= lo and x.max() <= hi
+    # f_i at another feasible x: the cheapest realisation; infeasible x: inf
+    assert lp.private_cost(x + 0.0) == pytest.approx(lp.private_cost(), abs=1e-5)
+    assert lp.private_cost(np.full(96, 1e3)) == float("inf")
+
+
+@pytest.mark.parametrize("solver", ["OSQP", "SCS"])
+def test_other_solvers_agree_with_clarabel(solver):
+    dev = load("homes10").device("home05")
+    v = np.random.default_rng(2).normal(1, 2, 96)
+    ref = LocalProblem(dev, solver="CLARABEL").solve(v, 0.1)
+    x = LocalProblem(dev, solver=solver).solve(v, 0.1)
+    assert np.abs(x - ref).max() < 2e-2
+
+
+def test_private_cost_accepts_x_rounded_to_nano_kw():
+    # home08 is a fixed load plus a switched pump: its x leaves no slack to absorb rounding
+    lp = LocalProblem(load("homes10").device("home08"))
+    x = lp.solve(np.zeros(96), 0.1)
+    rounded = np.round(x * 1e9) / 1e9 + 3e-10
+    assert lp.private_cost(rounded) == pytest.approx(0.0, abs=1e-9)
+    parts = lp.home.component_power()
+    assert np.abs(parts["pump"] - lp.component_power()["pump"]).max() < 1e-5

@@ -1,0 +1,198 @@
+"""Scenario loading, generation and every error kind (file, field path and expectation named)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lab import profiles
+from lab.scenario import (
+    COMPONENT_TYPES,
+    CONFIGS,
+    ScenarioError,
+    device_from_payload,
+    generate_homes,
+    load,
+    parse,
+)
+
+
+def _homes3() -> dict:
+    return yaml.safe_load((CONFIGS / "homes3.yaml").read_text())
+
+
+def _write(tmp_path: Path, doc: dict) -> Path:
+    p = tmp_path / "broken.yaml"
+    p.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return p
+
+
+def test_homes10_has_every_type_and_both_actuator_protocols():
+    s = load("homes10")
+    assert s.horizon.slots == 96 and s.horizon.delta_h == 0.25 and len(s.devices) == 10
+    types = {c.type for d in s.devices for c in d.components}
+    assert types == set(COMPONENT_TYPES)
+    kinds = {c.params["kind"] for d in s.devices for c in d.components if c.type == "thermal"}
+    assert kinds == {"heat_pump", "water_heater"}
+    protos = {a.protocol for d in s.devices for a in d.actuators().values()}
+    assert protos == {"tasmota", "zigbee2mqtt"}
+    assert s.feeder_params().price.shape == (96,)
+    assert s.admm_settings().max_rounds == 100
+
+
+def test_profiles_realistic_and_resampled():
+    s = load("homes10")
+    base = s.device("home01").components[0].series("load_kw")
+    assert base.sum() * s.horizon.delta_h == pytest.approx(9.0, rel=1e-3)  # daily_kwh kept
+    assert base[76:80].mean() > 2 * base[8:16].mean()  # evening peak above the night floor
+    pv = s.device("home01").components[1].series("pv_kw")
+    assert pv[:20].max() == 0 and pv[88:].max() == 0 and 4.0 < pv.max() <= 5.0  # night, peak
+    price = np.array(s.feeder.price)
+    assert price[0] == 0.12 and price[72] == 0.35  # 00:00 off-peak, 18:00 peak
+    # the same profile at 1 h slots keeps its energy
+    hourly = profiles.resample(profiles.residential(9.0), 0.0, 24, 1.0)
+    assert hourly.sum() == pytest.approx(9.0, rel=1e-3)
+
+
+def test_generated_homes100_seeded_varied_with_actuators_and_groups():
+    a, b = generate_homes(100), load("homes100")
+    assert a.to_yaml() == b.to_yaml()  # seeded: same scenario every time
+    assert a.chain.nodes == "per_group" and a.chain.group_size == 10 and len(a.devices) == 100
+    assert sum(1 for d in a.devices if d.actuators()) >= 5
+    assert {c.type for d in a.devices for c in d.components} == set(COMPONENT_TYPES)
+    assert generate_homes(100, seed=7).to_yaml() != a.to_yaml()
+    sizes = {len(d.components) for d in a.devices}
+    assert len(sizes) >= 4
+
+
+def test_to_yaml_round_trip_and_device_payload():
+    s = load("homes10")
+    again = parse(yaml.safe_load(s.to_yaml()), "again.yaml")
+    assert [d.id for d in again.devices] == [d.id for d in s.devices]
+    assert again.feeder == s.feeder
+    d = s.device("home09")
+    d2 = device_from_payload(d.to_payload())
+    assert d2.id == d.id and [c.params for c in d2.components] == [c.params for c in d.components]
+
+
+def test_power_bounds_sum_components():
+    d = load("homes3").device("home02")  # base + EV 7.4 kW + dishwasher 1.8 kW
+    lo, hi = d.power_bounds()
+    base = d.components[0].series("load_kw")
+    assert lo <= base.min() - 1e-3 + 1e-9 and lo >= base.min() - 2e-3
+    assert hi >= base.max() + 7.4 + 1.8 - 1e-9 or hi >= (base + 9.2).max()
+
+
+def _expect(tmp_path: Path, doc: dict, path: str, *expected: str) -> str:
+    f = _write(tmp_path, doc)
+    with pytest.raises(ScenarioError) as ei:
+        load(f)
+    msg = str(ei.value)
+    assert str(f) in msg, msg
+    assert f": {path}:" in msg, msg
+    for e in expected:
+        assert e in msg, msg
+    return msg
+
+
+def test_error_missing_field(tmp_path):
+    doc = _homes3()
+    del doc["devices"][1]["components"][1]["capacity_kwh"]
+    _expect(tmp_path, doc, "devices[1].components[1].capacity_kwh", "missing field",
+            "a number > 0")
+
+
+def test_error_missing_section(tmp_path):
+    doc = _homes3()
+    del doc["feeder"]
+    _expect(tmp_path, doc, "feeder", "missing field", "feeder mapping")
+
+
+def test_error_wrong_type(tmp_path):
+    doc = _homes3()
+    doc["horizon"]["slots"] = "ninety-six"
+    _expect(tmp_path, doc, "horizon.slots", "expected an integer", "'ninety-six'")
+    doc = _homes3()
+    doc["devices"][0]["components"][1]["curtailable"] = "yes"
+    _expect(tmp_path, doc, "devices[0].components[1].curtailable", "true or false")
+
+
+def test_error_negative_capacity(tmp_path):
+    doc = _homes3()
+    doc["devices"][0]["components"][2]["capacity_kwh"] = -10
+    _expect(tmp_path, doc, "devices[0].components[2].capacity_kwh", "a number > 0", "-10")
+    doc = _homes3()
+    doc["feeder"]["capacity_kw"] = -5
+    _expect(tmp_path, doc, "feeder.capacity_kw", "> 0")
+
+
+def test_error_nan(tmp_path):
+    doc = _homes3()
+    doc["feeder"]["gamma"] = math.nan
+    _expect(tmp_path, doc, "feeder.gamma", "a finite number", "nan")
+    doc = _homes3()
+    doc["feeder"]["capacity_kw"] = [12.0] * 95 + [math.nan]
+    _expect(tmp_path, doc, "feeder.capacity_kw[95]", "a finite number")
+
+
+def test_error_unknown_device_type(tmp_path):
+    doc = _homes3()
+    doc["devices"][2]["components"][3]["type"] = "nuclear"
+    _expect(tmp_path, doc, "devices[2].components[3].type", "a known component type",
+            "'nuclear'")
+
+
+def test_error_window_outside_horizon(tmp_path):
+    doc = _homes3()
+    doc["devices"][1]["components"][2]["window"] = [80, 120]
+    _expect(tmp_path, doc, "devices[1].components[2].window[1]", "within the horizon", "0..96")
+    doc = _homes3()
+    doc["devices"][1]["components"][1]["arrive_slot"] = 97
+    _expect(tmp_path, doc, "devices[1].components[1].arrive_slot", "within the horizon")
+
+
+def test_error_unknown_field_and_list_length(tmp_path):
+    doc = _homes3()
+    doc["devices"][0]["components"][2]["capacity_kw"] = 10  # typo of capacity_kwh
+    _expect(tmp_path, doc, "devices[0].components[2].capacity_kw", "no such field")
+    doc = _homes3()
+    doc["feeder"]["price"] = [0.1] * 10
+    _expect(tmp_path, doc, "feeder.price", "a list of 96 numbers", "got 10 items")
+
+
+def test_error_infeasible_parameters_name_device(tmp_path):
+    doc = _homes3()
+    ev = doc["devices"][1]["components"][1]
+    ev["max_rate_kw"], ev["energy_kwh"] = 3.0, 40  # 3 kW * 0.92 * 13.5 h plugged = 37.26 kWh
+    _expect(tmp_path, doc, "devices[1].components[1].energy_kwh", "at most 37.260 kWh")
+    doc = _homes3()
+    ac = doc["devices"][2]["components"][1]
+    ac["max_kw"], ac["t_max_c"] = 0.05, 23.5  # cannot hold 23.5 degC on a 30 degC afternoon
+    msg = _expect(tmp_path, doc, "devices[2].components[1]", "home03", "ac", "max_kw")
+    assert "infeasible" in msg
+
+
+def test_error_duplicate_ids_and_bad_actuator(tmp_path):
+    doc = _homes3()
+    doc["devices"][1]["id"] = "home01"
+    _expect(tmp_path, doc, "devices[1].id", "unique")
+    doc = _homes3()
+    doc["devices"][0]["components"][3]["actuator"] = {"protocol": "tasmota", "topic": "a/#"}
+    _expect(tmp_path, doc, "devices[0].components[3].actuator.topic", "MQTT-safe")
+
+
+def test_unknown_scenario_name_lists_known():
+    with pytest.raises(ScenarioError, match="homes10"):
+        load("nosuchscenario")
+
+
+def test_parse_in_memory_reports_source():
+    doc = copy.deepcopy(_homes3())
+    doc["admm"]["solver"] = "gurobi"
+    with pytest.raises(ScenarioError, match=r"mem\.yaml: admm\.solver: expected one of OSQP"):
+        parse(doc, "mem.yaml")
