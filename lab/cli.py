@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-EXTENSIONS = ("lab.orchestrator", "lab.verify")
+EXTENSIONS = ("lab.commands",)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -278,10 +278,6 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True) -> 
         release()
 
 
-class _Stop(Exception):
-    pass
-
-
 def _install_signal_handlers() -> None:
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
@@ -316,48 +312,3 @@ def down() -> int:
     stop_pids(pids.values(), timeout=3)
     print(f"stopped the lab of {run_dir}")
     return 0
-
-
-def add_commands(sub) -> None:
-    """Register up/run/down on the `lab` CLI's subparsers."""
-    for name, helptext in (("up", "start the lab in the foreground until Ctrl-C"),
-                           ("run", "run the lab once; last stdout line is a JSON summary")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("scenario")
-        p.add_argument("--runtime", choices=("local", "compose"), default=None)
-        p.add_argument("--no-compare", action="store_true",
-                       help="skip the in-process ADMM comparison (gap_vs_inprocess)")
-        p.set_defaults(func=_cmd_up if name == "up" else _cmd_run)
-    p = sub.add_parser("down", help="stop the running lab")
-    p.set_defaults(func=lambda args: down())
-
-
-def _load(name: str) -> Scenario:
-    from lab.scenario import ScenarioError, load
-
-    try:
-        return load(name)
-    except ScenarioError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-def _cmd_run(args) -> int:
-    logging.basicConfig(level=logging.WARNING)
-    summary = run_once(_load(args.scenario), interactive=False, compare=not args.no_compare)
-    print(json.dumps(summary))
-    return 0
-
-
-def _cmd_up(args) -> int:
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        summary = run_once(_load(args.scenario), interactive=True,
-                           compare=not args.no_compare)
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-        return 0
-    print(json.dumps(summary))
-    return 0
-
-
-__all__ = ["Lab", "run_once", "down", "add_commands", "load_nodes"]

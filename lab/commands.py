@@ -1,0 +1,66 @@
+"""The lab's runtime subcommands: `up`, `run`, `down`, `watch`. Registered on the `lab` CLI
+by lab/cli.py; heavy imports stay inside the functions so `lab --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def add_commands(sub) -> None:
+    for name, helptext in (("up", "start the lab in the foreground until Ctrl-C"),
+                           ("run", "run the lab once; last stdout line is a JSON summary")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("scenario")
+        p.add_argument("--runtime", choices=("local", "compose"), default=None,
+                       help="where processes run (default: compose when a Docker engine "
+                       "answers, else local)")
+        p.add_argument("--no-compare", action="store_true",
+                       help="skip the in-process ADMM comparison (gap_vs_inprocess)")
+        p.set_defaults(func=_cmd_up if name == "up" else _cmd_run)
+    p = sub.add_parser("down", help="stop the running lab and every process it started")
+    p.set_defaults(func=_cmd_down)
+    p = sub.add_parser("watch", help="readable tail of the running lab's MQTT topics")
+    p.add_argument("--url", help="mqtt://host:port (default: the running lab's broker)")
+    p.set_defaults(func=_cmd_watch)
+
+
+def _load(name: str):
+    from lab.scenario import load
+
+    return load(name)  # ScenarioError is reported by lab.cli.main
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from lab.orchestrator import run_once
+
+    logging.basicConfig(level=logging.WARNING)
+    summary = run_once(_load(args.scenario), interactive=False, compare=not args.no_compare)
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from lab.orchestrator import run_once
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        run_once(_load(args.scenario), interactive=True, compare=not args.no_compare)
+    except KeyboardInterrupt:
+        print("lab stopped", file=sys.stderr)
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from lab.orchestrator import down
+
+    return down()
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from mqtt_bridge.watch import default_url, watch
+
+    watch(args.url or default_url())
+    return 0

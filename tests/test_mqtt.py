@@ -1,0 +1,485 @@
+"""MQTT bridge, emulated devices and the on/off plan rule, against real brokers
+(mosquitto and the embedded amqtt broker), in playback time with short slots."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mqtt_bridge import topics as tp
+from mqtt_bridge.bridge import Bridge
+from mqtt_bridge.broker import MqttBroker, find_mosquitto
+from mqtt_bridge.config import Actuator, BridgeConfig
+from mqtt_bridge.emulator import EmulatorHost, check_plan_followed, read_events
+from mqtt_bridge.mqttc import make_client
+from mqtt_bridge.plan import (
+    on_off_plan,
+    pack_plan,
+    plan_to_words,
+    required_on_slots,
+    unpack_plan,
+    words_to_plan,
+)
+from mqtt_bridge.source import StaticSource
+from mqtt_bridge.watch import watch
+
+REPO = Path(__file__).resolve().parents[1]
+BROKERS = [pytest.param("mosquitto", marks=pytest.mark.skipif(
+    find_mosquitto() is None, reason="mosquitto not installed")), "amqtt"]
+
+ACTS = [
+    Actuator("home01", "bulb", "tasmota", "home01_bulb", 0.06),
+    Actuator("home01", "plug", "tasmota", "home01_plug", 1.0),
+    Actuator("home02", "lamp", "zigbee2mqtt", "home02 lamp", 0.06),
+    Actuator("home02", "pump", "zigbee2mqtt", "home02_pump", 0.5),
+]
+
+ACTS_IDS = [a.id for a in ACTS]
+
+
+def plans_for(T: int) -> dict[str, list[bool]]:
+    base = {
+        "home01/bulb": [0, 1, 1, 0, 0, 1, 1, 1],
+        "home01/plug": [1, 1, 1, 1, 0, 0, 0, 0],
+        "home02/lamp": [1, 0, 1, 0, 1, 0, 1, 0],
+        "home02/pump": [0, 0, 0, 1, 1, 1, 1, 1],
+    }
+    return {k: [bool(v[t % len(v)]) for t in range(T)] for k, v in base.items()}
+
+
+def make_day(run: str, T: int, sps: float, plans: dict[str, list[bool]] | None = None,
+             acts: list[Actuator] = ACTS) -> tuple[BridgeConfig, StaticSource]:
+    plans = plans or plans_for(T)
+    cfg = BridgeConfig(run=run, slots=T, slot_minutes=15, seconds_per_slot=sps,
+                       actuators=acts)
+    sched = {d: np.linspace(0.5, 2.0, T) for d in {a.device for a in acts}}
+    src = StaticSource(sched, plans, status={"session": 7, "round": 12,
+                                             "residuals": {"r": 1e-5, "s": 2e-5}, "rho": 2.0})
+    return cfg, src
+
+
+@pytest.fixture(params=BROKERS)
+def broker(request, tmp_path):
+    b = MqttBroker(tmp_path, kind=request.param)
+    b.start()
+    yield b
+    b.stop()
+
+
+def collect(url: str, filters: list[str], seconds: float = 0.6) -> dict[str, bytes]:
+    """Last payload per topic seen within `seconds` (retained ones arrive first)."""
+    from mqtt_bridge.broker import parse_url
+    got: dict[str, bytes] = {}
+    c = make_client()
+    c.on_connect = lambda cl, *a: cl.subscribe([(f, 1) for f in filters])
+    c.on_message = lambda cl, u, m: got.__setitem__(m.topic, m.payload)
+    host, port = parse_url(url)
+    c.connect(host, port)
+    c.loop_start()
+    time.sleep(seconds)
+    c.disconnect()
+    c.loop_stop()
+    return got
+
+
+def assert_followed(run_dir: Path, bridge: Bridge, plans: dict[str, list[bool]],
+                    sps: float) -> None:
+    events = read_events(run_dir / "emulators.jsonl")
+    day_start = bridge.status()["day_start"]
+    for aid, plan in plans.items():
+        mine = [e for e in events if e["actuator"] == aid]
+        assert check_plan_followed(mine, plan, day_start, sps, tolerance=sps * 0.8) == [], aid
+
+
+# -- the plan rule ------------------------------------------------------------------------
+def test_plan_rule_matches_obvious_cases():
+    T = 12
+    p = np.zeros(T)
+    p[[3, 4, 9]] = 0.06                                   # an integral relaxation
+    assert on_off_plan(p, 0.06, 3).nonzero()[0].tolist() == [3, 4, 9]
+    flat = np.full(T, 0.02)                               # all tied: earliest slots win
+    assert on_off_plan(flat, 0.06, 4).nonzero()[0].tolist() == [0, 1, 2, 3]
+    assert on_off_plan(flat, 0.06, 4, (5, 10)).nonzero()[0].tolist() == [5, 6, 7, 8]
+    # wrapping window [10, 3): chronological order is 10, 11, 0, 1, 2
+    assert on_off_plan(flat, 0.06, 3, (10, 3)).nonzero()[0].tolist() == [0, 10, 11]
+    # solver noise is a tie, not a preference
+    noisy = flat.copy()
+    noisy[7] += 1e-9
+    assert on_off_plan(noisy, 0.06, 1).nonzero()[0].tolist() == [0]
+    # larger relaxed power first; clipping: above-rated counts as rated
+    q = np.array([0, .01, .05, .03, .2, .06, 0, 0, 0, 0, 0, 0])
+    assert on_off_plan(q, 0.06, 3).nonzero()[0].tolist() == [2, 4, 5]
+    assert not on_off_plan(q, 0.06, 0).any()
+
+
+def test_plan_rule_count_window_determinism():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        T = int(rng.integers(4, 100))
+        a, b = sorted(rng.choice(T + 1, 2, replace=False).tolist())
+        window = (a, b) if a < T else None
+        if rng.random() < 0.3 and window and b < T:
+            window = (b, a)                              # a wrapping window
+        n = (b - a if window and window[0] < window[1] else T - abs(b - a)) if window else T
+        k = int(rng.integers(0, n + 1))
+        p = rng.random(T) * 0.1
+        plan = on_off_plan(p, 0.06, k, window)
+        assert plan.dtype == bool and plan.size == T and plan.sum() == k
+        if window:
+            inside = np.zeros(T, bool)
+            first, end = window
+            idx = np.arange(first, end) if first < end else np.r_[first:T, 0:end]
+            inside[idx] = True
+            assert not (plan & ~inside).any()
+        assert (on_off_plan(p.copy(), 0.06, k, window) == plan).all()
+
+
+def test_plan_rule_errors_and_on_slots():
+    assert required_on_slots(4, 15) == 16
+    assert required_on_slots(4.1, 15) == 17               # rounded up: keeps the energy
+    assert required_on_slots(0.7 * 3, 7) == 18
+    with pytest.raises(ValueError, match="on_slots=6"):
+        on_off_plan(np.zeros(10), 0.06, 6, (0, 5))
+    with pytest.raises(ValueError, match="window"):
+        on_off_plan(np.zeros(10), 0.06, 1, (3, 11))
+    with pytest.raises(ValueError, match="rated_kw"):
+        on_off_plan(np.zeros(10), 0.0, 1)
+    with pytest.raises(ValueError, match="finite"):
+        on_off_plan(np.array([0.0, np.nan]), 0.06, 1)
+
+
+def test_plan_bitmask_roundtrip():
+    rng = np.random.default_rng(1)
+    for T in (1, 8, 96, 256, 300, 700):
+        plan = rng.random(T) < 0.3
+        mask = pack_plan(plan)
+        assert mask < 2 ** T and (unpack_plan(mask, T) == plan).all()
+        words = plan_to_words(plan)
+        assert len(words) == -(-T // 256) and all(0 <= w < 2 ** 256 for w in words)
+        assert (words_to_plan(words, T) == plan).all()
+    assert pack_plan([True, False, True]) == 0b101            # bit t = slot t
+    with pytest.raises(ValueError):
+        unpack_plan(0b1000, 3)
+
+
+# -- configuration ------------------------------------------------------------------------
+def test_bridge_config_from_scenario_mapping(tmp_path):
+    scn = {"horizon": {"slots": 96, "slot_minutes": 15, "start": "2026-06-01T00:00"},
+           "playback": {"seconds_per_slot": 0.5},
+           "devices": [{"id": "home01", "components": [
+               {"id": "base", "type": "fixed_load"},
+               {"id": "bulb", "type": "switched", "rated_kw": 0.06, "on_hours": 4,
+                "window": [68, 88], "actuator": {"protocol": "tasmota", "topic": "h1_bulb"}},
+               {"id": "lamp", "type": "switched", "rated_kw": 0.04, "on_hours": 2,
+                "actuator": {"protocol": "zigbee2mqtt", "name": "h1 lamp", "real": True}}]}]}
+    cfg = BridgeConfig.from_scenario(scn, run="r1")
+    assert [a.id for a in cfg.actuators] == ["home01/bulb", "home01/lamp"]
+    assert cfg.actuators[0].window == (68, 88) and cfg.actuators[1].real
+    cfg.save(tmp_path / "b.json")
+    assert BridgeConfig.load(tmp_path / "b.json") == cfg
+    with pytest.raises(ValueError, match="protocol"):
+        Actuator("h", "c", "hue", "x")
+    with pytest.raises(ValueError, match="wildcards"):
+        Actuator("h", "c", "tasmota", "a/#")
+
+
+# -- against the brokers ------------------------------------------------------------------
+def test_commands_acks_and_lab_topics(broker, tmp_path):
+    T, sps = 8, 0.2
+    cfg, src = make_day("cmd", T, sps)
+    plans = src.plans()
+    sub = None
+    if shutil.which("mosquitto_sub"):
+        sub = subprocess.Popen(["mosquitto_sub", "-h", broker.host, "-p", str(broker.port),
+                                "-v", "-t", "cmnd/#", "-t", "zigbee2mqtt/+/set"],
+                               stdout=subprocess.PIPE, text=True)
+    with EmulatorHost(ACTS, broker.url, tmp_path):
+        bridge = Bridge(cfg, src, broker.url, tmp_path, ack_timeout=0.5)
+        stats = bridge.run()
+        assert_followed(tmp_path, bridge, plans, sps)
+    changes = sum(1 + sum(p[t] != p[t - 1] for t in range(1, T)) for p in plans.values())
+    assert stats["commands"] == stats["acks"] == changes and stats["retries"] == 0
+    assert stats["latency_ms"]["n"] == changes and stats["latency_ms"]["p99"] < 200
+    got = collect(broker.url, ["lab/cmd/#"])
+    status = json.loads(got["lab/cmd/status"])
+    assert status["phase"] == "done" and status["session"] == 7 and status["finalized"]
+    assert status["residuals"] == {"r": 1e-5, "s": 2e-5} and status["offline"] == []
+    assert all(a["state"] == "ok" for a in status["actuators"].values())
+    plan = json.loads(got["lab/cmd/plan/home01/bulb"])
+    assert plan["plan"] == [int(b) for b in plans["home01/bulb"]]
+    assert int(plan["mask"], 16) == pack_plan(plans["home01/bulb"])
+    assert len(json.loads(got["lab/cmd/schedule/home02"])["kw"]) == T
+    assert float(got["lab/cmd/power/home01"]) == pytest.approx(2.0)   # last slot
+    assert (tmp_path / "results" / "bridge.json").exists()
+    if sub:
+        sub.terminate()
+        lines = sub.communicate(timeout=5)[0].splitlines()
+        assert "cmnd/home01_bulb/POWER ON" in lines
+        assert 'zigbee2mqtt/home02 lamp/set {"state":"OFF"}' in lines
+        assert len(lines) == changes
+
+
+def test_ha_discovery_retained_and_valid(broker, tmp_path):
+    cfg, src = make_day("ha", 4, 0.1)
+    bridge = Bridge(cfg, src, broker.url, tmp_path)
+    bridge.connect()
+    try:
+        assert bridge.wait_finalized(5)
+    finally:
+        bridge.close()
+    got = collect(broker.url, ["homeassistant/#"])     # after the bridge left: retained
+    ha = {t: json.loads(p) for t, p in got.items()}
+    assert set(ha) == {
+        "homeassistant/light/ecl_home01/bulb/config",
+        "homeassistant/switch/ecl_home01/plug/config",
+        "homeassistant/light/ecl_home02/lamp/config",
+        "homeassistant/switch/ecl_home02/pump/config",
+        "homeassistant/sensor/ecl_home01/scheduled_power/config",
+        "homeassistant/sensor/ecl_home02/scheduled_power/config"}
+    for topic, c in ha.items():
+        for key in ("name", "unique_id", "state_topic", "availability", "device"):
+            assert c[key], (topic, key)
+        assert c["availability"][0]["topic"] and c["device"]["identifiers"]
+        if "/sensor/" in topic:
+            assert c["unit_of_measurement"] == "kW" and c["device_class"] == "power"
+        else:
+            assert c["command_topic"] and c["payload_on"] and c["payload_off"]
+    assert len({c["unique_id"] for c in ha.values()}) == len(ha)
+    bulb = ha["homeassistant/light/ecl_home01/bulb/config"]
+    assert bulb["command_topic"] == "cmnd/home01_bulb/POWER"
+    assert bulb["availability"][0]["payload_available"] == "Online"
+    lamp = ha["homeassistant/light/ecl_home02/lamp/config"]
+    assert lamp["command_topic"] == "zigbee2mqtt/home02 lamp/set"
+    assert json.loads(lamp["payload_on"]) == {"state": "ON"}
+    assert lamp["state_value_template"] == "{{ value_json.state }}"
+    out = io.StringIO()
+    assert watch(broker.url, ("homeassistant/#",), out=out, duration=3, max_messages=6,
+                 width=0) == 6
+    assert all(" homeassistant/" in line and line.rstrip().endswith("}")
+               for line in out.getvalue().splitlines())
+
+
+def test_offline_device_gets_current_state_when_back(broker, tmp_path):
+    T, sps = 10, 0.25
+    plans = plans_for(T)
+    plans["home01/plug"] = [False, False] + [True] * 6 + [False, False]
+    cfg, src = make_day("off", T, sps, plans)
+    with EmulatorHost(ACTS, broker.url, tmp_path) as host:
+        bridge = Bridge(cfg, src, broker.url, tmp_path, ack_timeout=0.3)
+        bridge.connect()
+        bridge.wait_finalized(5)
+        t0 = time.time() + 0.05
+        th = threading.Thread(target=bridge.play, args=(t0,))
+        th.start()
+        time.sleep(max(0.0, t0 + 1.5 * sps - time.time()))
+        host["home01/plug"].go_offline()                      # one of each protocol
+        host["home02/pump"].go_offline()
+        time.sleep(max(0.0, t0 + 3.5 * sps - time.time()))    # missed slot 2 (plug ON)
+        st = bridge.status()
+        assert set(st["offline"]) == {"home01/plug", "home02/pump"}
+        assert st["actuators"]["home01/plug"]["online"] is False
+        on_wire = json.loads(collect(broker.url, ["lab/off/status"], 0.4)["lab/off/status"])
+        assert "home01/plug" in on_wire["offline"]
+        assert not host["home01/plug"].state                  # never saw the ON
+        back = time.time()
+        host["home01/plug"].come_online()
+        host["home02/pump"].come_online()
+        deadline = time.time() + 0.5
+        while time.time() < deadline and not (host["home01/plug"].state and
+                                              host["home02/pump"].state):
+            time.sleep(0.01)
+        assert host["home01/plug"].state                      # got its current state: ON
+        assert host["home02/pump"].state
+        cmds = host["home01/plug"].commands()
+        assert cmds and cmds[-1]["payload"] == "ON" and cmds[-1]["t"] - back < 0.3
+        th.join(10)
+        bridge.close()
+        st = bridge.status()
+        assert st["offline"] == [] and st["actuators"]["home01/plug"]["state"] == "ok"
+        for aid in ACTS_IDS:                                  # ended the day as planned
+            assert host[aid].state is plans[aid][-1], aid
+        assert bridge.stats()["resyncs"] >= 2
+        assert any("offline" in p for p in bridge.problems)
+
+
+def test_malformed_payloads_are_ignored(broker, tmp_path, caplog):
+    T, sps = 8, 0.2
+    cfg, src = make_day("bad", T, sps)
+    plans = src.plans()
+    garbage = [("stat/home01_bulb/POWER", b"BANANA"), ("stat/home01_plug/POWER", b"\xff\xfe"),
+               ("zigbee2mqtt/home02 lamp", b"not json"), ("zigbee2mqtt/home02 lamp", b"[1,2]"),
+               ("zigbee2mqtt/home02_pump", b'{"state": 5}'), ("zigbee2mqtt/home02_pump", b"{}"),
+               ("tele/home01_bulb/LWT", b"maybe"),
+               ("zigbee2mqtt/home02 lamp/availability", b'{"x": 1}'),
+               ("zigbee2mqtt/home02_pump/availability", b"")]
+    caplog.set_level(logging.WARNING, logger="mqtt_bridge")
+    with EmulatorHost(ACTS, broker.url, tmp_path):
+        bridge = Bridge(cfg, src, broker.url, tmp_path, ack_timeout=0.5)
+        bridge.connect()
+        bridge.wait_finalized(5)
+        t0 = time.time() + 0.05
+        th = threading.Thread(target=bridge.play, args=(t0,))
+        th.start()
+        from mqtt_bridge.broker import parse_url
+        pub = make_client()
+        pub.connect(*parse_url(broker.url))
+        pub.loop_start()
+        time.sleep(2.5 * sps)
+        for topic, payload in garbage:
+            pub.publish(topic, payload, qos=1).wait_for_publish(2)
+        pub.publish("cmnd/home01_bulb/POWER", b"EXPLODE", qos=1).wait_for_publish(2)
+        pub.disconnect()
+        pub.loop_stop()
+        th.join(10)
+        bridge.close()
+        assert_followed(tmp_path, bridge, plans, sps)   # nothing disturbed the day
+    assert bridge.stats()["malformed"] == len(garbage)
+    logged = [r.getMessage() for r in caplog.records if "malformed payload" in r.getMessage()]
+    assert len(logged) == len(garbage)
+    assert any("emulator" in r.name and "EXPLODE" in r.getMessage() for r in caplog.records)
+    assert bridge.status()["phase"] == "done"
+
+
+def test_broker_restart_loses_no_later_command(broker, tmp_path):
+    T, sps = 16, 0.25
+    plans = {                     # changes at slots 9 and 12, after the broker is back
+        "home01/bulb": [False] * 9 + [True] * 3 + [False] * 4,
+        "home01/plug": [True] * 12 + [False] * 4,
+        "home02/lamp": [True] * 9 + [False] * 3 + [True] * 4,
+        "home02/pump": [False] * 12 + [True] * 4,
+    }
+    cfg, src = make_day("rst", T, sps, plans)
+    with EmulatorHost(ACTS, broker.url, tmp_path) as host:
+        bridge = Bridge(cfg, src, broker.url, tmp_path, ack_timeout=0.4)
+        bridge.connect()
+        bridge.wait_finalized(5)
+        t0 = time.time() + 0.05
+        th = threading.Thread(target=bridge.play, args=(t0,))
+        th.start()
+        time.sleep(max(0.0, t0 + 2.5 * sps - time.time()))
+        down = time.time()
+        broker.restart(down_seconds=0.2)
+        while bridge.stats()["reconnects"] < 1 or not all(
+                e.online for e in host.emulators.values()):
+            assert time.time() - down < 5, "bridge or emulators did not reconnect"
+            time.sleep(0.01)
+        back = time.time()
+        assert back < t0 + 9 * sps, "too slow a restart for this test's plan"
+        th.join(15)
+        bridge.close()
+        events = read_events(tmp_path / "emulators.jsonl")
+        for aid, plan in plans.items():
+            cmds = [e for e in events if e["actuator"] == aid and e["event"] == "command"]
+            for t in range(1, T):
+                if plan[t] == plan[t - 1] or t0 + t * sps < back:
+                    continue
+                lo = t0 + t * sps                         # due after the restart: on time
+                hit = [e for e in cmds if lo - 0.02 <= e["t"] < lo + 0.8 * sps]
+                assert hit and hit[0]["state"] == plan[t], (aid, t, cmds)
+            assert host[aid].state is plan[-1], aid
+        st = bridge.status()
+        assert st["offline"] == [] and st["disagree"] == []
+        assert all(a["state"] == "ok" for a in st["actuators"].values())
+    got = collect(broker.url, ["lab/rst/#", "homeassistant/#"])
+    assert json.loads(got["lab/rst/status"])["phase"] == "done"
+    assert "lab/rst/plan/home02/pump" in got and len([t for t in got if "homeassistant" in t]) == 6
+
+
+def test_stuck_device_is_retried_and_reported(broker, tmp_path):
+    T, sps = 4, 0.1
+    acts = ACTS[:1] + ACTS[2:3]
+    plans = {"home01/bulb": [True] * T, "home02/lamp": [True] * T}
+    cfg, src = make_day("stk", T, sps, plans, acts)
+    with EmulatorHost(acts, broker.url, tmp_path) as host:
+        host["home01/bulb"].stuck = True
+        host["home02/lamp"].stuck = True
+        bridge = Bridge(cfg, src, broker.url, tmp_path, ack_timeout=0.1, max_attempts=3)
+        bridge.run()
+        assert len(host["home01/bulb"].commands()) == 3 == len(host["home02/lamp"].commands())
+    st = bridge.status()
+    assert st["disagree"] == ["home01/bulb", "home02/lamp"]
+    assert st["actuators"]["home01/bulb"] == {"planned": "ON", "reported": "OFF",
+                                              "online": True, "state": "disagree"}
+    assert bridge.stats()["retries"] == 4 and bridge.stats()["gave_up"] == 2
+
+
+def test_process_entry_points(tmp_path):
+    """The bridge and the emulators as separate processes, as the lab starts them."""
+    T, sps = 6, 0.2
+    cfg, src = make_day("proc", T, sps)
+    cfg.save(tmp_path / "bridge.json")
+    src.save(tmp_path / "source.json")
+    with MqttBroker(tmp_path) as b:
+        py = [sys.executable, "-m", "mqtt_bridge"]
+        emu = subprocess.Popen(py + ["emulator", "--url", b.url, "--config",
+                                     str(tmp_path / "bridge.json"), "--run-dir", str(tmp_path)],
+                               cwd=REPO)
+        try:
+            deadline = time.time() + 10
+            path = tmp_path / "emulators.jsonl"
+            while time.time() < deadline and (not path.exists() or
+                                              len(read_events(path)) < len(ACTS)):
+                time.sleep(0.05)
+            r = subprocess.run(py + ["bridge", "--url", b.url, "--config",
+                                     str(tmp_path / "bridge.json"), "--source",
+                                     str(tmp_path / "source.json"), "--run-dir", str(tmp_path)],
+                               cwd=REPO, timeout=30, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+        finally:
+            emu.terminate()
+            emu.wait(10)
+        res = json.loads((tmp_path / "results" / "bridge.json").read_text())
+        day_start = res["status"]["day_start"]
+        events = read_events(tmp_path / "emulators.jsonl")
+        for aid, plan in src.plans().items():
+            mine = [e for e in events if e["actuator"] == aid]
+            assert check_plan_followed(mine, plan, day_start, sps, sps * 0.8) == [], aid
+        assert res["stats"]["acks"] == res["stats"]["commands"]
+        lwt = collect(b.url, ["tele/#", "zigbee2mqtt/+/availability", "lab/proc/bridge"])
+        assert lwt["tele/home01_bulb/LWT"] == b"Offline"        # emulators shut down
+        assert json.loads(lwt["zigbee2mqtt/home02 lamp/availability"]) == {"state": "offline"}
+        assert lwt["lab/proc/bridge"] == b"offline"
+
+
+def test_topic_parsers_reject_garbage():
+    t, z = ACTS[0], ACTS[2]
+    assert tp.parse_state(t, b"ON") and not tp.parse_state(t, b"off")
+    assert tp.parse_state(z, b'{"state":"ON","linkquality":3}')
+    assert tp.parse_availability(z, b"online")
+    assert not tp.parse_availability(z, b'{"state":"offline"}')
+    for act, payload in [(t, b"1"), (t, b"\xff"), (z, b"ON"), (z, b'{"state":null}'),
+                         (z, b"[]")]:
+        with pytest.raises(tp.MalformedPayload):
+            tp.parse_state(act, payload)
+    assert tp.command(z, False) == ("zigbee2mqtt/home02 lamp/set", '{"state":"OFF"}')
+
+
+def test_realtime_starts_at_the_current_slot(tmp_path):
+    """Real time: slot 0 is horizon.start on the wall clock; joining mid-day sends each
+    actuator the state of the current slot at once, then follows the plan."""
+    from datetime import datetime
+    slot_s = 0.3
+    acts = ACTS[:1]
+    plan = [True, False, True, True, False, False]
+    start = datetime.fromtimestamp(time.time() - 1.5 * slot_s).isoformat(timespec="microseconds")
+    cfg = BridgeConfig(run="rt", slots=len(plan), slot_minutes=slot_s / 60, start=start,
+                       realtime=True, actuators=acts)
+    src = StaticSource({"home01": np.zeros(len(plan))}, {"home01/bulb": plan})
+    with MqttBroker(tmp_path) as b, EmulatorHost(acts, b.url, tmp_path) as host:
+        bridge = Bridge(cfg, src, b.url, tmp_path, ack_timeout=0.2)
+        bridge.run(linger=0.2)
+        day_start = bridge.status()["day_start"]
+        assert day_start == pytest.approx(datetime.fromisoformat(start).timestamp())
+        events = host["home01/bulb"].events
+        assert check_plan_followed(events, plan, day_start, slot_s, slot_s * 0.8,
+                                   first_slot=1) == []
