@@ -123,6 +123,65 @@ class Lab:
             self.supervisor.python(f"devices-{node}", "device_node", args, self.run.logs,
                                    restart=True)
 
+    # -- MQTT: broker, emulated devices, bridge ------------------------------------------
+
+    def start_mqtt(self, linger: bool) -> None:
+        """Broker (or MQTT_URL), the emulators of every non-real actuator, and the bridge.
+        The bridge reads the day from the chain through the signer's node and waits for
+        finalization; it publishes the lab's status meanwhile."""
+        from mqtt_bridge.broker import MqttBroker
+        from mqtt_bridge.config import BridgeConfig
+
+        self.broker = MqttBroker.from_env(self.run.path)
+        self.mqtt_url = self.broker.start()
+        if self.broker.pid:
+            self.run.record_pid("broker", self.broker.pid)
+        self.bridge_config = BridgeConfig.from_scenario(self.scenario, self.run.path.name)
+        cfg = self.run.path / "bridge.json"
+        self.bridge_config.save(cfg)
+        common = ["--url", self.mqtt_url, "--config", cfg, "--run-dir", self.run.path]
+        if any(not a.real for a in self.bridge_config.actuators):
+            self.supervisor.python("emulators", "mqtt_bridge", ["emulator", *common],
+                                   self.run.logs, restart=True)
+        self.supervisor.python(
+            "bridge", "mqtt_bridge",
+            ["bridge", *common, "--node", self.network.signers[0],
+             "--linger", "-1" if linger else "0"], self.run.logs, restart=True)
+        self.say(f"mqtt: {self.broker.kind} broker at {self.mqtt_url}, "
+                 f"{len(self.bridge_config.actuators)} actuators; `make watch` to follow")
+
+    def finish_mqtt(self, timeout_s: float) -> dict:
+        """Wait for the bridge to play the day; check every emulator against its plan."""
+        from mqtt_bridge.chain_source import ChainSource
+        from mqtt_bridge.emulator import check_plan_followed, read_events
+
+        bridge = self.supervisor.children["bridge"]
+        deadline = time.monotonic() + timeout_s
+        while bridge.alive:
+            self.supervisor.poll()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the bridge did not finish the day in {timeout_s:.0f} s")
+            time.sleep(0.2)
+        report = json.loads((self.run.results / "bridge.json").read_text())
+        status = report["status"]
+        plans = ChainSource(self.run.path, self.network.signers[0], self.bridge_config).plans()
+        events_file = self.run.path / "emulators.jsonl"
+        events = read_events(events_file) if events_file.exists() else []
+        problems = {}
+        for act in self.bridge_config.actuators:
+            if act.real:
+                continue
+            mine = [e for e in events if e.get("actuator") == act.id]
+            bad = check_plan_followed(mine, plans[act.id], status["day_start"],
+                                      status["seconds_per_slot"])
+            if bad:
+                problems[act.id] = bad
+        lat = report["stats"].get("latency_ms", {})
+        return {"broker": self.broker.kind, "actuators": len(self.bridge_config.actuators),
+                "actuators_following_plan": len(self.bridge_config.actuators) - len(problems),
+                "problems": problems, "commands": report["stats"].get("commands"),
+                "ack_latency_ms_p50": lat.get("p50"), "ack_latency_ms_p99": lat.get("p99")}
+
     # -- the rounds ---------------------------------------------------------------------
 
     def follow_rounds(self, timeout_s: float | None = None) -> Progress:
@@ -218,6 +277,8 @@ class Lab:
 
     def stop(self) -> None:
         self.supervisor.stop_all()
+        if getattr(self, "broker", None) is not None:
+            self.broker.stop()
         if self.network is not None:
             self.network.stop()
         stop_pids(self.run.recorded_pids().values(), timeout=3)
@@ -240,6 +301,7 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True) -> 
         lab.prepare()
         lab.start_chain()
         lab.deploy()
+        lab.start_mqtt(linger=interactive)
         lab.start_devices()
         t_rounds = time.monotonic()
         prog = lab.follow_rounds()
@@ -267,6 +329,10 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True) -> 
             ref = run_admm(scenario)
             summary["gap_vs_inprocess"] = float(np.abs(ref.x - x).max())
             summary["rounds_inprocess"] = ref.rounds
+        if not interactive:
+            sc = scenario.playback
+            day_s = scenario.horizon.slots * sc.seconds_per_slot
+            summary["mqtt"] = lab.finish_mqtt(timeout_s=day_s + 60)
         summary["wall_s_total"] = round(time.monotonic() - t0, 3)
         run.write_json("results/summary.json", summary)
         if interactive:

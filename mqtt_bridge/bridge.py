@@ -494,14 +494,24 @@ def main(argv: list[str] | None = None) -> None:
                                  description="Play a finalized schedule to MQTT devices.")
     ap.add_argument("--url", required=True, help="mqtt://host:port")
     ap.add_argument("--config", type=Path, required=True, help="bridge config JSON")
-    ap.add_argument("--source", type=Path, required=True, help="static source JSON")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--source", type=Path, help="static source JSON (a saved day)")
+    src.add_argument("--node", help="read the day from the chain through this geth node of "
+                     "the run (RUN/lab.json, RUN/chain/network.json)")
     ap.add_argument("--run-dir", type=Path, required=True)
     ap.add_argument("--ack-timeout", type=float, default=1.0)
     ap.add_argument("--max-attempts", type=int, default=3)
     ap.add_argument("--linger", type=float, default=0.0,
                     help="seconds to keep serving after the day; -1 = until SIGTERM")
     args = ap.parse_args(argv)
-    run_bridge(BridgeConfig.load(args.config), StaticSource.load(args.source), args.url,
+    config = BridgeConfig.load(args.config)
+    if args.node:
+        from mqtt_bridge.chain_source import ChainSource
+
+        source: ScheduleSource = ChainSource(args.run_dir, args.node, config)
+    else:
+        source = StaticSource.load(args.source)
+    run_bridge(config, source, args.url,
                args.run_dir, ack_timeout=args.ack_timeout, max_attempts=args.max_attempts,
                linger=None if args.linger < 0 else args.linger)
 

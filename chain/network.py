@@ -1,0 +1,583 @@
+"""A Clique network of geth processes on loopback, kept in a run folder.
+
+Layout under the run folder:
+
+    keys/...                     see chain/keys.py
+    chain/genesis.json
+    chain/network.json           node metadata (ports, enode, role, pid, URLs): read by
+                                 device nodes, the MQTT bridge, `lab down`, a restarted lab
+    chain/nodes/<name>/          datadir (geth/nodekey, keystore/ for signers, config.toml)
+    logs/geth-<name>.log         geth's output (appended across restarts)
+
+Topology: signers form a full mesh; every member peers with every signer (a tx sent to a
+member reaches a signer in one hop, a block reaches every member in one hop). Node keys are
+generated here, so enodes are known before any node starts and go into each node's
+--config TOML: all neighbours as TrustedNodes (no peer limit refuses them), the signers as
+StaticNodes (dialed). Signers are told to dial members by admin_addPeer once the members
+run, because geth retries a failed dial only after 35 s. A restarted member dials a signer
+itself at once; the other signers come back within those 35 s.
+
+Block propagation (measured, 1 signer + 10 members, period 0): geth sends a new block in
+full to sqrt(peers) of the signer's peers (~30-100 ms after the tx is sent) and only
+announces it to the others, which fetch it after geth's fixed 500 ms announce delay
+(~0.65 s). Grouping devices per node (fewer members) reduces that tail.
+
+Why members start after the signers have a new block (geth 1.13 legacy sync): a non-mining
+node discards propagated blocks ("Syncing, discarded propagated block") until it has
+completed one downloader sync, and it only syncs from a peer whose total difficulty is
+strictly higher than its own, once it has min(5, --maxpeers) peers (or after a 10 s timer).
+So members run with --maxpeers 1 (their signer peers are trusted, so the limit does not
+refuse them; it only makes one peer enough to sync), and every member is started only after
+the signers' head moved past it: a fresh or resumed network first gets one new block (with
+period 0, from a zero-value self-transfer by the signer), so each member syncs in
+its handshake and then follows propagated blocks. Signers do not need this (a mining node
+counts as synced), but a restarted signer that is behind may need geth's 10 s timer.
+
+    with Network.start(run_dir, members=3, signers=1, period=0, fund=[addr, ...]) as net:
+        w3 = net.w3("member0"); net.ws_url("member1")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import psutil
+from eth_keys import keys as eth_keys
+from eth_utils import to_checksum_address
+
+from chain import genesis as gen
+from chain import keys
+from chain.geth import (
+    GethError,
+    NodeSpec,
+    check_geth,
+    init_command,
+    node_command,
+    static_nodes_toml,
+)
+
+SIGNER = "signer"
+MEMBER = "member"
+
+
+@dataclass
+class NodeInfo:
+    """One node as persisted in chain/network.json."""
+
+    name: str
+    role: str  # "signer" | "member"
+    datadir: str
+    p2p_port: int
+    http_port: int
+    ws_port: int
+    authrpc_port: int
+    enode: str
+    signer_address: str | None = None
+    pid: int | None = None
+    log: str = ""
+    neighbours: list[str] = field(default_factory=list)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}"
+
+    @property
+    def node_id(self) -> str:
+        return _pubkey(self.enode)
+
+
+def _pubkey(enode: str) -> str:
+    return enode.split("//", 1)[1].split("@", 1)[0]
+
+
+def network_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "chain" / "network.json"
+
+
+def load_nodes(run_dir: str | Path) -> dict[str, NodeInfo]:
+    """Node metadata of a run (for other processes: find your node's http/ws URL here)."""
+    path = network_file(run_dir)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise GethError(f"{path}: no readable network metadata ({e})") from e
+    known = {f.name for f in fields(NodeInfo)}
+    return {n["name"]: NodeInfo(**{k: v for k, v in n.items() if k in known})
+            for n in data["nodes"]}
+
+
+def rpc(url: str, method: str, params: list | None = None, timeout: float = 10.0):
+    """One JSON-RPC call (plain urllib: fast, no web3 needed for health checks)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                       "params": params or []}).encode()
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        out = json.loads(resp.read())
+    if "error" in out:
+        raise GethError(f"{url} {method}: {out['error'].get('message')}")
+    return out["result"]
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on loopback (sockets held open until all are chosen)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # PR_SET_PDEATHSIG: geth gets SIGTERM if the process (thread) that started it dies, so a
+    # crashed or SIGKILLed orchestrator leaves no node behind.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def _is_our_geth(pid: int | None, datadir: str) -> psutil.Process | None:
+    """The live geth process with this pid running on this datadir (guards pid reuse)."""
+    if not pid:
+        return None
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return p if datadir in p.cmdline() else None
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _terminate(procs: Sequence[psutil.Process], timeout: float = 15.0) -> None:
+    """SIGTERM (geth flushes and exits), then SIGKILL what is left; wait for all."""
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def stop_run(run_dir: str | Path) -> int:
+    """Stop every geth of a run from its network.json (for `lab down`). Returns the count."""
+    if not network_file(run_dir).exists():
+        return 0
+    procs = [p for n in load_nodes(run_dir).values() if (p := _is_our_geth(n.pid, n.datadir))]
+    _terminate(procs)
+    return len(procs)
+
+
+def _log_tail(path: str, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class Network:
+    """A running (or stopped) Clique network of a run folder. Use Network.start()."""
+
+    verbosity = 2  # geth --verbosity: 2 = warnings (geth is chatty)
+
+    def __init__(self, run_dir: Path, nodes: dict[str, NodeInfo], period: int,
+                 die_with_parent: bool = True) -> None:
+        self.run_dir = run_dir
+        self.nodes = nodes
+        self.period = period
+        self.die_with_parent = die_with_parent
+        self._popen: dict[str, subprocess.Popen] = {}
+        self._geth = check_geth()
+
+    # ---- construction -------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        run_dir: str | Path,
+        members: int | Sequence[str] = 3,
+        signers: int = 1,
+        period: int = 0,
+        fund: Iterable[str] = (),
+        timeout: float = 90.0,
+        die_with_parent: bool = True,
+        verbosity: int = 2,
+    ) -> Network:
+        """Create (or resume, from the run folder) the network, start it, wait until ready.
+
+        members: a count (names member0..) or the member node names ([A-Za-z0-9_-]+, used
+        as folder names). fund: addresses funded in genesis besides the signers (operator,
+        devices). Ready means: every member is peered with every signer, signers with each
+        other, and every node has the first signer's head block. On resume (the run's
+        network.json exists), the same signers/members/period are required, nodes keep
+        their data and ports, and live nodes are adopted rather than restarted.
+        die_with_parent: geth gets SIGTERM when the *thread* that started it exits (Linux
+        PR_SET_PDEATHSIG), so a killed orchestrator leaves no node behind; call start()
+        from a long-lived thread, or pass False and rely on stop() / stop_run().
+        """
+        run_dir = Path(run_dir).resolve()
+        gen.validate_signers(signers, period)
+        names = ([f"member{i}" for i in range(members)] if isinstance(members, int)
+                 else list(members))
+        bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_-]+", n)
+               or n.startswith(SIGNER)]
+        if bad or len(set(names)) != len(names):
+            raise ValueError(f"members={names}: names must be unique, [A-Za-z0-9_-]+ and "
+                             f"not start with {SIGNER!r} (bad: {bad})")
+        signer_names = [f"{SIGNER}{i}" for i in range(signers)]
+        fund = [to_checksum_address(a) for a in fund]
+        if network_file(run_dir).exists():
+            net = cls._resume(run_dir, signer_names, names, period, fund, die_with_parent)
+        else:
+            net = cls._create(run_dir, signer_names, names, period, fund, die_with_parent)
+        net.verbosity = verbosity
+        try:
+            net._start_signers([n for n in net.signers() if net.pid(n) is None], timeout)
+            stopped = [n for n in net.members() if net.pid(n) is None]
+            if stopped:
+                net._advance_head(timeout)
+                net._start_nodes(stopped, timeout)
+            net._connect_members()
+            net.wait_ready(timeout, full=True)
+        except BaseException:
+            net.stop()
+            raise
+        return net
+
+    @classmethod
+    def _create(cls, run_dir: Path, signer_names: list[str], member_names: list[str],
+                period: int, fund: list[str], die_with_parent: bool) -> Network:
+        chain_dir = run_dir / "chain"
+        signer_accts = {n: keys.ensure_signer(run_dir, n) for n in signer_names}
+        genesis = gen.make_genesis([a.address for a in signer_accts.values()], fund, period)
+        genesis_file = gen.write_genesis(chain_dir / "genesis.json", genesis)
+        all_names = signer_names + member_names
+        ports = iter(_free_ports(4 * len(all_names)))
+        nodes: dict[str, NodeInfo] = {}
+        for name in all_names:
+            datadir = chain_dir / "nodes" / name
+            (datadir / "geth").mkdir(parents=True, exist_ok=True)
+            nodekey = eth_keys.PrivateKey(secrets.token_bytes(32))
+            (datadir / "geth" / "nodekey").write_text(nodekey.to_bytes().hex())
+            p2p, http, ws, auth = (next(ports) for _ in range(4))
+            acct = signer_accts.get(name)
+            nodes[name] = NodeInfo(
+                name=name, role=SIGNER if acct else MEMBER, datadir=str(datadir),
+                p2p_port=p2p, http_port=http, ws_port=ws, authrpc_port=auth,
+                enode=f"enode://{nodekey.public_key.to_hex()[2:]}@127.0.0.1:{p2p}",
+                signer_address=acct.address if acct else None,
+                log=str(run_dir / "logs" / f"geth-{name}.log"),
+            )
+            if acct:  # geth --unlock finds the key in the datadir's keystore
+                (datadir / "keystore").mkdir(exist_ok=True)
+                (datadir / "keystore" / f"{name}.json").write_text(
+                    keys.signer_path(run_dir, name).read_text())
+        _link(nodes, signer_names, member_names)
+        for n in nodes.values():
+            # Members dial the signers; signers dial each other and are told about members
+            # by admin_addPeer once those run (a failed dial is not retried for 35 s).
+            trusted = [nodes[m].enode for m in n.neighbours]
+            static = [nodes[m].enode for m in n.neighbours if nodes[m].role == SIGNER]
+            (Path(n.datadir) / "config.toml").write_text(static_nodes_toml(static, trusted))
+        geth = check_geth()
+        procs = [subprocess.Popen(init_command(geth, Path(n.datadir), genesis_file),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for n in nodes.values()]
+        for n, p in zip(nodes.values(), procs, strict=True):
+            out, _ = p.communicate()
+            if p.returncode != 0:
+                raise GethError(f"geth init of node {n.name} ({n.datadir}) failed:\n{out}")
+        net = cls(run_dir, nodes, period, die_with_parent)
+        net._save()
+        return net
+
+    @classmethod
+    def _resume(cls, run_dir: Path, signer_names: list[str], member_names: list[str],
+                period: int, fund: list[str], die_with_parent: bool) -> Network:
+        path = network_file(run_dir)
+        meta = json.loads(path.read_text())
+        nodes = load_nodes(run_dir)
+        have_signers = [n for n, i in nodes.items() if i.role == SIGNER]
+        have_members = [n for n, i in nodes.items() if i.role == MEMBER]
+        if (have_signers, have_members, meta["period"]) != (signer_names, member_names, period):
+            raise GethError(
+                f"{path}: the run has signers={len(have_signers)} members={have_members} "
+                f"period={meta['period']}; asked for signers={len(signer_names)} "
+                f"members={member_names} period={period}; use a new run folder")
+        alloc = json.loads((run_dir / "chain" / "genesis.json").read_text())["alloc"]
+        missing = [a for a in fund if a[2:].lower() not in alloc]
+        if missing:
+            raise GethError(f"{run_dir / 'chain' / 'genesis.json'}: accounts {missing} are not "
+                            "funded in the existing genesis; use a new run folder")
+        net = cls(run_dir, nodes, period, die_with_parent)
+        for info in nodes.values():  # adopt live nodes, forget stale pids
+            if not _is_our_geth(info.pid, info.datadir):
+                info.pid = None
+        return net
+
+    def _save(self) -> None:
+        data = {"chain_id": gen.CHAIN_ID, "period": self.period,
+                "nodes": [asdict(n) for n in self.nodes.values()]}
+        for d, n in zip(data["nodes"], self.nodes.values(), strict=True):
+            d["http_url"], d["ws_url"] = n.http_url, n.ws_url  # for non-Python readers
+        path = network_file(self.run_dir)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    # ---- processes ----------------------------------------------------------------------
+
+    def _spec(self, info: NodeInfo) -> NodeSpec:
+        pw = (keys.password_path(keys.signer_path(self.run_dir, info.name))
+              if info.role == SIGNER else None)
+        return NodeSpec(
+            name=info.name, datadir=Path(info.datadir), p2p_port=info.p2p_port,
+            http_port=info.http_port, ws_port=info.ws_port, authrpc_port=info.authrpc_port,
+            config=Path(info.datadir) / "config.toml", signer=info.signer_address,
+            password_file=pw, mine=len(self.signers()) == 1,
+            # members: 1, see the module docstring; signers: room to dial every node
+            maxpeers=max(50, 3 * len(self.nodes)) if info.role == SIGNER else 1,
+        )
+
+    def pid(self, name: str) -> int | None:
+        """pid of the node's live geth, or None."""
+        info = self.nodes[name]
+        return info.pid if _is_our_geth(info.pid, info.datadir) else None
+
+    def _start_nodes(self, names: Sequence[str], timeout: float) -> None:
+        for name in names:
+            info = self.nodes[name]
+            Path(info.log).parent.mkdir(parents=True, exist_ok=True)
+            with open(info.log, "ab") as log:
+                log.write(f"==== {time.strftime('%F %T')} start {name}\n".encode())
+                log.flush()
+                p = subprocess.Popen(
+                    node_command(self._geth, self._spec(info), verbosity=self.verbosity),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent if self.die_with_parent else None)
+            self._popen[name] = p
+            info.pid = p.pid
+        self._save()
+        deadline = time.monotonic() + timeout
+        for name in names:
+            self._wait_rpc(name, deadline)
+
+    def _wait_rpc(self, name: str, deadline: float) -> None:
+        info = self.nodes[name]
+        while True:
+            p = self._popen.get(name)
+            if p is not None and p.poll() is not None:
+                raise GethError(f"geth node {name} exited with code {p.returncode} at start; "
+                                f"log {info.log}:\n{_log_tail(info.log)}")
+            try:
+                rpc(info.http_url, "web3_clientVersion", timeout=2)
+                return
+            except (OSError, GethError):
+                if time.monotonic() > deadline:
+                    raise GethError(f"geth node {name}: no RPC on {info.http_url}; "
+                                    f"log {info.log}:\n{_log_tail(info.log)}") from None
+                time.sleep(0.1)
+
+    def wait_ready(self, timeout: float = 60.0, names: Iterable[str] | None = None,
+                   full: bool = False, head: bool = True) -> None:
+        """Wait until the nodes (default: all live ones) are peered and all have the first
+        live signer's head block. Peered: signers with every live signer, and members
+        with every live signer if ``full``, else with at least one (after a restart the
+        other signers redial a member only when geth's 35 s dial back-off expires)."""
+        live = {n for n in self.nodes if self.pid(n)}
+        names = [n for n in (names or self.nodes) if n in live]
+        deadline = time.monotonic() + timeout
+        pending = ""
+        while True:
+            try:
+                pending = self._not_ready(names, live, full, head)
+            except (OSError, GethError) as e:
+                pending = str(e)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise GethError(f"chain network not ready after {timeout:.0f} s: {pending}")
+            time.sleep(0.1)
+
+    def _not_ready(self, names: list[str], live: set[str], full: bool, head: bool) -> str:
+        for name in names:
+            info = self.nodes[name]
+            want = {self.nodes[m].node_id for m in info.neighbours if m in live}
+            # admin_peers' "id" is keccak(pubkey); the enode carries the pubkey itself
+            have = {_pubkey(p["enode"]) for p in rpc(info.http_url, "admin_peers")}
+            enough = want <= have if full or info.role == SIGNER else bool(want & have)
+            if not enough:
+                return f"{name} has {len(want & have)}/{len(want)} neighbours peered"
+        if not head:
+            return ""
+        ref = next((n for n in self.signers() if n in live), names[0])
+        top = rpc(self.nodes[ref].http_url, "eth_getBlockByNumber", ["latest", False])
+        for name in names:
+            blk = rpc(self.nodes[name].http_url, "eth_getBlockByNumber",
+                      [top["number"], False])
+            if blk is None or blk["hash"] != top["hash"]:
+                return f"{name} does not have {ref}'s head block {int(top['number'], 16)}"
+        return ""
+
+    def _advance_head(self, timeout: float) -> None:
+        """Wait for one new block on the first live signer; with period 0, cause it by a
+        zero-value self-transfer of the signer."""
+        ref = next((n for n in self.signers() if self.pid(n)), None)
+        if ref is None:
+            raise GethError("no signer node is running: the chain cannot make blocks")
+        url = self.nodes[ref].http_url
+        start = int(rpc(url, "eth_blockNumber"), 16)
+        if self.period == 0:  # signed here: geth may not have unlocked the key yet
+            acct = keys.load_account(keys.signer_path(self.run_dir, ref))
+            base = int(rpc(url, "eth_getBlockByNumber", ["latest", False])["baseFeePerGas"], 16)
+            nonce = int(rpc(url, "eth_getTransactionCount", [acct.address, "pending"]), 16)
+            tx = {"to": acct.address, "value": 0, "gas": 21000, "nonce": nonce, "type": 2,
+                  "chainId": gen.CHAIN_ID, **gen.tx_fees(base)}
+            raw = acct.sign_transaction(tx).raw_transaction
+            rpc(url, "eth_sendRawTransaction", ["0x" + bytes(raw).hex()])
+        deadline = time.monotonic() + timeout
+        while int(rpc(url, "eth_blockNumber"), 16) <= start:
+            if time.monotonic() > deadline:
+                raise GethError(f"{ref} made no block within {timeout:.0f} s "
+                                f"(log {self.nodes[ref].log})")
+            time.sleep(0.05)
+
+    def _start_signers(self, names: Sequence[str], timeout: float) -> None:
+        """Start signers; with several, start sealing only once they are all peered."""
+        self._start_nodes(names, timeout)
+        if len(self.signers()) > 1 and names:
+            live = [s for s in self.signers() if self.pid(s)]
+            self.wait_ready(timeout, names=live, head=False)
+            deadline = time.monotonic() + timeout
+            for s in names:
+                self._wait_unlocked(s, deadline)
+            for s in names:
+                rpc(self.nodes[s].http_url, "miner_start")
+
+    def _wait_unlocked(self, name: str, deadline: float) -> None:
+        # geth unlocks --unlock accounts after RPC is up; a miner started before that fails
+        # its first seal and, with period > 0 and no txs, never retries (the chain stalls).
+        info = self.nodes[name]
+        while True:
+            try:
+                rpc(info.http_url, "eth_sign", [info.signer_address, "0x00"])
+                return
+            except GethError:
+                if time.monotonic() > deadline:
+                    raise GethError(f"signer {name}: account {info.signer_address} not "
+                                    f"unlocked; log {info.log}") from None
+                time.sleep(0.05)
+
+    def _connect_members(self) -> None:
+        """Make every live signer dial every live member (admin_addPeer: no-op if known)."""
+        members = [self.nodes[m].enode for m in self.members() if self.pid(m)]
+        for s in self.signers():
+            if self.pid(s):
+                for enode in members:
+                    rpc(self.nodes[s].http_url, "admin_addPeer", [enode])
+
+    def stop_node(self, name: str) -> None:
+        """Stop one node (SIGTERM, then SIGKILL after 15 s). Its data stays."""
+        info = self.nodes[name]
+        proc = _is_our_geth(info.pid, info.datadir)
+        if proc:
+            _terminate([proc])
+        if (p := self._popen.pop(name, None)) is not None:
+            p.wait()
+        info.pid = None
+        self._save()
+
+    def start_node(self, name: str, timeout: float = 60.0) -> None:
+        """Start a stopped node on its data and ports, and wait until it is caught up."""
+        if self.pid(name) is None:
+            if self.nodes[name].role == MEMBER:
+                self._advance_head(timeout)  # so that it syncs in its handshake
+            if self.nodes[name].role == SIGNER:
+                self._start_signers([name], timeout)
+                self._connect_members()
+            else:
+                self._start_nodes([name], timeout)
+        self.wait_ready(timeout)
+
+    def restart_node(self, name: str, timeout: float = 60.0) -> None:
+        self.stop_node(name)
+        self.start_node(name, timeout)
+
+    def stop(self) -> None:
+        """Stop every node of this network; no geth process of it is left running."""
+        procs = [p for n in self.nodes.values() if (p := _is_our_geth(n.pid, n.datadir))]
+        _terminate(procs)
+        for p in self._popen.values():
+            p.wait()
+        self._popen.clear()
+        for n in self.nodes.values():
+            n.pid = None
+        self._save()
+
+    def __enter__(self) -> Network:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- access -------------------------------------------------------------------------
+
+    def signers(self) -> list[str]:
+        return [n for n, i in self.nodes.items() if i.role == SIGNER]
+
+    def members(self) -> list[str]:
+        return [n for n, i in self.nodes.items() if i.role == MEMBER]
+
+    def http_url(self, name: str) -> str:
+        return self.nodes[name].http_url
+
+    def ws_url(self, name: str) -> str:
+        return self.nodes[name].ws_url
+
+    def w3(self, name: str, timeout: float = 60.0):
+        """A web3 client on the node's HTTP endpoint, with Clique's extraData middleware."""
+        return make_w3(self.nodes[name].http_url, timeout)
+
+
+def make_w3(http_url: str, timeout: float = 60.0):
+    """web3 (v8) HTTP client for a Clique node: ExtraDataToPOAMiddleware injected."""
+    from web3 import Web3
+    from web3.middleware import ExtraDataToPOAMiddleware
+
+    w3 = Web3(Web3.HTTPProvider(http_url, request_kwargs={"timeout": timeout}))
+    w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
+    return w3
+
+
+def _link(nodes: dict[str, NodeInfo], signer_names: list[str], member_names: list[str]) -> None:
+    """Signers: full mesh. Members: every signer. Symmetric lists."""
+    edges: set[frozenset[str]] = set()
+    for i, a in enumerate(signer_names):
+        edges |= {frozenset((a, b)) for b in signer_names[i + 1:]}
+    for m in member_names:
+        edges |= {frozenset((m, s)) for s in signer_names}
+    for n in nodes.values():
+        n.neighbours = sorted(next(iter(e - {n.name})) for e in edges if n.name in e)
