@@ -27,7 +27,7 @@ import numpy as np
 
 from aggregator_contract.client import Coordinator, CoordinatorError, connect, send_tx
 from chain import keys
-from chain.network import Network, load_nodes, stop_run
+from chain.network import Network, stop_run
 from lab import results as res
 from lab.runfolder import RunFolder, active_lab, claim, release
 from lab.scenario import Scenario

@@ -1,0 +1,166 @@
+"""The lab end to end on the local-process runtime: real geth nodes, real device processes,
+the real contract, a real MQTT broker and emulated devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def lab_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lab.cli", *args]
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "runs"
+    monkeypatch.setenv("LAB_RUNS", str(root))
+    return root
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _lab_ports(run_dir: Path) -> list[int]:
+    from chain.network import load_nodes
+
+    ports = []
+    for n in load_nodes(run_dir).values():
+        ports += [n.p2p_port, n.http_port, n.ws_port, n.authrpc_port]
+    url = run_dir / "broker" / "url"
+    if url.exists():
+        ports.append(int(url.read_text().strip().rsplit(":", 1)[1]))
+    return ports
+
+
+def test_homes3_end_to_end(runs):
+    """`lab run homes3`: finalized on chain, equal to in-process ADMM, schedule readable
+    from every node, every emulated actuator followed its plan, results written."""
+    out = subprocess.run(lab_cmd("run", "homes3"), capture_output=True, text=True,
+                         timeout=600, env=_env(), cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["finalized"] is True and summary["converged"] is True
+    assert summary["devices"] == 3 and summary["nodes"] == 4  # 1 signer + 3 members
+    assert summary["gap_vs_inprocess"] <= 1e-3
+    assert summary["rounds"] <= 100
+    mqtt = summary["mqtt"]
+    assert mqtt["actuators"] >= 1
+    assert mqtt["actuators_following_plan"] == mqtt["actuators"], mqtt["problems"]
+    res = Path(summary["results"])
+    for f in ("schedule.csv", "schedule.json", "history.csv", "history.json",
+              "convergence.png", "aggregate.png", "devices.png", "summary.json"):
+        assert (res / f).stat().st_size > 0, f
+    sched = json.loads((res / "schedule.json").read_text())
+    assert sched["nodes_agreeing"] == 4
+    history = json.loads((res / "history.json").read_text())
+    assert len(history) == summary["rounds"] and history[-1]["converged"]
+    assert all(r["gas"] > 0 for r in history)
+    # nothing left running
+    run_dir = res.parent
+    for pid in json.loads((run_dir / "pids.json").read_text()).values():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert not any(_listening(p) for p in _lab_ports(run_dir))
+
+
+def test_device_process_killed_mid_run_still_finalizes(runs):
+    """SIGKILL a device process after a few rounds: the supervisor restarts it, it resumes
+    from chain state, and the run finalizes with the same schedule as in-process ADMM."""
+    from lab.admm_inprocess import run_admm
+    from lab.orchestrator import Lab
+    from lab.runfolder import RunFolder
+    from lab.scenario import load
+
+    scen = load("homes3")
+    lab = Lab(scen, RunFolder.create(scen.name), out=sys.stderr)
+    try:
+        lab.prepare()
+        lab.start_chain()
+        lab.deploy()
+        lab.start_devices()
+        victim = next(iter(lab.supervisor.children.values()))
+        lab.coordinator.wait_for_round(lab.session, 4, timeout=120)
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        prog = lab.follow_rounds(timeout_s=300)
+        x, meta = lab.read_schedule()
+    finally:
+        lab.stop()
+    assert victim.restarts >= 1
+    assert meta["converged"]
+    ref = run_admm(scen)
+    assert np.abs(ref.x - x).max() <= 1e-3
+    assert prog.rows[-1]["converged"]
+
+
+def test_up_is_exclusive_and_sigint_leaves_nothing_behind(runs):
+    """A second `lab up` while one runs fails clearly; SIGINT to `lab up` stops every
+    process it started and frees every port."""
+    up = subprocess.Popen(lab_cmd("up", "homes3", "--no-compare"), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
+                          start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        run_dir = None
+        while time.monotonic() < deadline:
+            active = runs / "ACTIVE"
+            if active.exists():
+                run_dir = Path(json.loads(active.read_text())["run"])
+                if (run_dir / "lab.json").exists() and (run_dir / "pids.json").exists():
+                    break
+            assert up.poll() is None, up.stderr.read()[-3000:]
+            time.sleep(0.5)
+        assert run_dir is not None, "lab up did not start"
+        second = subprocess.run(lab_cmd("up", "homes3"), capture_output=True, text=True,
+                                timeout=120, env=_env(), cwd=REPO)
+        assert second.returncode != 0
+        assert "already running" in second.stderr and "make down" in second.stderr
+        time.sleep(3)  # let a few rounds run
+        pids = json.loads((run_dir / "pids.json").read_text())
+        ports = _lab_ports(run_dir)
+        assert len(pids) >= 5 and any(_listening(p) for p in ports)
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    for name, pid in json.loads((run_dir / "pids.json").read_text()).items():
+        alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+        assert not alive, f"{name} (pid {pid}) still running"
+    busy = [p for p in ports if _listening(p)]
+    assert not busy, f"ports still listening: {busy}"
+    assert not (runs / "ACTIVE").exists()
+
+
+def test_infeasible_device_fails_before_the_chain_starts(runs, tmp_path):
+    scen = yaml.safe_load((REPO / "configs" / "homes3.yaml").read_text())
+    dev = scen["devices"][0]
+    dev["components"].append({"id": "ev9", "type": "ev", "capacity_kwh": 60,
+                              "max_rate_kw": 1.0, "arrive_slot": 80, "depart_slot": 84,
+                              "energy_kwh": 30, "eta": 0.9})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(scen))
+    out = subprocess.run(lab_cmd("run", str(path)), capture_output=True, text=True,
+                         timeout=120, env=_env(), cwd=REPO)
+    assert out.returncode != 0
+    assert str(path) in out.stderr and dev["id"] in out.stderr, out.stderr
+    assert not runs.exists() or not any(runs.glob("*/chain/network.json"))
