@@ -1,0 +1,352 @@
+"""The Coordinator contract: fixed point vs the float reference, rejections, stragglers,
+finalization (titanoboa, in-process), and the web3 client against a real geth chain."""
+
+from __future__ import annotations
+
+import time
+
+import boa
+import numpy as np
+import pytest
+from contract_fixtures import (  # noqa: F401 - boa_env, geth_chain: fixtures, by name
+    BoxQuadratic,
+    boa_env,
+    boa_session,
+    geth_chain,
+    session_params,
+    tou_feeder,
+)
+
+from aggregator_contract import fixed_point as fp
+from aggregator_contract.reference import AdmmSettings, AggregatorState, aggregate_step
+
+# boa's pytest plugin anchors its global env around every fixture; these tests isolate
+# themselves with a fresh env each (the boa_env fixture) and share a module-scoped geth.
+pytestmark = pytest.mark.ignore_isolation
+
+TOL_KW = 1e-5
+
+
+# ---------------------------------------------------------------- fixed point
+
+
+def test_pack_roundtrip_and_zigzag():
+    vals = [0, 1, -1, 2**63 - 1, -(2**63 - 1), 123_456_789, -987_654_321]
+    words = fp.pack(vals)
+    assert len(words) == 2 and fp.unpack(words, len(vals)) == vals
+    assert fp.pack([-1, 0, 0, 0]) == [1]  # zigzag: small negatives are small words
+    assert fp.to_fixed([1.5e-9, -2.5e-9, 0.1]) == [2, -2, 100_000_000]  # nearest, ties even
+    assert fp.wad(0.1) == 10**17
+    with pytest.raises(ValueError, match="exceeds int64"):
+        fp.to_fixed([1e11])
+    with pytest.raises(ValueError, match="expected 1"):
+        fp.unpack([0, 0], 3)
+
+
+# ---------------------------------------------------------------- agreement with reference
+
+
+def _assert_state(sess, state: AggregatorState, k: int) -> None:
+    rnd, rho, xbar, zbar, u = sess.current()
+    assert rnd == k
+    assert rho == pytest.approx(state.rho, rel=1e-12)
+    for name, got, want in (("xbar", xbar, state.xbar), ("zbar", zbar, state.zbar),
+                            ("u", u, state.u)):
+        err = float(np.abs(got - want).max())
+        assert err <= TOL_KW, f"round {k}: {name} differs from the reference by {err} kW"
+
+
+def _drive(sess, solvers, max_rounds: int):
+    """Run rounds: devices solve against the contract's variables; the reference runs on the
+    x the contract received. Returns (rounds, reference infos)."""
+    n, t = len(solvers), sess.feeder.slots
+    ref = AggregatorState.initial(n, t, sess.settings.rho0)
+    x = np.zeros((n, t))
+    infos = []
+    for k in range(max_rounds):
+        _assert_state(sess, ref, k)
+        _, rho, xbar, zbar, u = sess.current()
+        x_new = np.array([fp.quantize_kw(s.solve(x[i] - xbar + zbar - u, rho))
+                          for i, s in enumerate(solvers)])
+        for i in range(n):
+            sess.submit(i, x_new[i])
+        ref, info = aggregate_step(ref, x_new, sess.feeder, sess.settings)
+        infos.append(info)
+        x = x_new
+        if sess.c.finals(sess.session)[0]:
+            break
+        assert not info.converged, f"round {k}: reference converged, contract did not"
+    final = sess.c.finals(sess.session)
+    assert final[0] and bool(final[1]) == infos[-1].converged and final[2] == len(infos) - 1
+    # the schedule is each device's last x_i
+    for i, d in enumerate(sess.devices):
+        entry = sess.c.schedule(sess.session, d)
+        assert entry[0] and np.array_equal(fp.from_fixed(entry[5]), x[i])
+    return len(infos), infos
+
+
+def _float_rounds(solvers, feeder, settings) -> int:
+    """Rounds to converge of the pure float ADMM (no quantization)."""
+    n, t = len(solvers), feeder.slots
+    st = AggregatorState.initial(n, t, settings.rho0)
+    for k in range(settings.max_rounds):
+        x = np.array([s.solve(st.target(st.x[i]), st.rho) for i, s in enumerate(solvers)])
+        st, info = aggregate_step(st, x, feeder, settings)
+        if info.converged:
+            return k + 1
+    return settings.max_rounds
+
+
+@pytest.mark.usefixtures("boa_env")
+def test_rounds_match_reference_synthetic():
+    n, t = 5, 24
+    settings = AdmmSettings(rho0=1.0, max_rounds=60)
+    feeder = tou_feeder(t, capacity=25.0, export=5.0)  # the box binds in some slots
+    rng = np.random.default_rng(7)
+    solvers = [BoxQuadratic(rng, t) for _ in range(n)]
+    sess = boa_session(n, t, settings, feeder=feeder,
+                       bounds=[(s.lo, s.hi) for s in solvers])
+    rounds, infos = _drive(sess, solvers, settings.max_rounds)
+    assert infos[-1].converged
+    assert any(i.rho_next != i.rho for i in infos), "residual balancing never exercised"
+    assert rounds == _float_rounds(solvers, feeder, settings)
+
+
+@pytest.mark.usefixtures("boa_env")
+def test_max_rounds_finalizes_unconverged():
+    settings = AdmmSettings(rho0=1.0, max_rounds=3, eps_abs=1e-12, eps_rel=1e-12)
+    rng = np.random.default_rng(1)
+    solvers = [BoxQuadratic(rng, 8) for _ in range(3)]
+    sess = boa_session(3, 8, settings, bounds=[(s.lo, s.hi) for s in solvers])
+    rounds, infos = _drive(sess, solvers, 10)
+    assert rounds == 3 and not infos[-1].converged
+    assert sess.current() is None
+    assert tuple(sess.c.finals(sess.session))[:3] == (True, False, 2)
+
+
+@pytest.mark.usefixtures("boa_env")
+def test_straggler_advance_uses_previous_x():
+    n, t = 3, 8
+    sess = boa_session(n, t, AdmmSettings(rho0=1.0), deadline_blocks=4)
+    ref = AggregatorState.initial(n, t, 1.0)
+    x0 = np.array([[1.0] * t, [2.0] * t, [-1.5] * t])
+    for i in range(n):
+        sess.submit(i, x0[i])
+    ref, _ = aggregate_step(ref, x0, sess.feeder, sess.settings)
+    x1 = x0.copy()
+    x1[0] += 0.5
+    x1[1] -= 0.25  # device 2 is the straggler: its previous x stands in
+    sess.submit(0, x1[0])
+    sess.submit(1, x1[1])
+    anyone = boa.env.generate_address("anyone")
+    with boa.env.prank(anyone), boa.reverts("round deadline not reached"):
+        sess.c.advance(sess.session)
+    boa.env.time_travel(blocks=sess.deadline_blocks + 1)
+    with boa.env.prank(anyone):
+        sess.c.advance(sess.session)
+    ref, info = aggregate_step(ref, x1, sess.feeder, sess.settings)
+    _assert_state(sess, ref, 2)
+    # round 2: nobody submits, anyone advances: x stays, dx = 0
+    boa.env.time_travel(blocks=sess.deadline_blocks + 1)
+    with boa.env.prank(anyone):
+        sess.c.advance(sess.session)
+    ref, _ = aggregate_step(ref, x1, sess.feeder, sess.settings)
+    _assert_state(sess, ref, 3)
+
+
+# ---------------------------------------------------------------- rejections
+
+
+def _finalized_session():
+    sess = boa_session(2, 8, AdmmSettings(max_rounds=1))
+    for i in range(2):
+        sess.submit(i, np.zeros(8))
+    assert sess.c.finals(sess.session)[0]
+    return sess
+
+
+REJECTIONS = {
+    "not whitelisted": lambda s: _as(s, boa.env.generate_address("stranger"),
+                                     "submit", s.session, 0, fp.pack_kw(np.zeros(8))),
+    "wrong session": lambda s: s.submit(0, np.zeros(8), session=s.session + 1),
+    "wrong round": lambda s: s.submit(0, np.zeros(8), round=1),
+    "already submitted": lambda s: s.submit(0, np.ones(8)),
+    "wrong length": lambda s: _as(s, s.devices[1], "submit", s.session, 0,
+                                  fp.pack_kw(np.zeros(4))),
+    "x out of bounds": lambda s: s.submit(1, np.r_[np.zeros(7), 10.001]),
+    "x out of bounds ": lambda s: s.submit(1, np.r_[-5.000000001, np.zeros(7)]),
+    "device not in session": lambda s: _as(s, s.devices[2], "submit", s.session, 0,
+                                           fp.pack_kw(np.zeros(8))),
+    "only operator": lambda s: _as(s, s.devices[0], "register_devices",
+                                   [(s.devices[0], -10**12, 10**12)]),
+    "only operator  ": lambda s: _as(s, s.devices[0], "set_operator", s.devices[0]),
+    "only operator ": lambda s: _as(s, s.devices[0], "open_session",
+                                    session_params(s.feeder, s.settings, 5), [0, 0], [0, 0],
+                                    [0, 0], [s.devices[0]]),
+    "session in progress": lambda s: _as(s, s.operator, "open_session",
+                                         session_params(s.feeder, s.settings, 5), [0, 0],
+                                         [0, 0], [0, 0], [s.devices[0]]),
+    "round deadline not reached": lambda s: _as(s, s.devices[0], "advance", s.session),
+}
+
+
+def _as(sess, sender, method, *args):
+    with boa.env.prank(sender):
+        getattr(sess.c, method)(*args)
+
+
+@pytest.mark.parametrize("case", list(REJECTIONS))
+@pytest.mark.usefixtures("boa_env")
+def test_rejection_leaves_state_unchanged(case):
+    # three whitelisted devices, of which only 0 and 1 take part in the session
+    sess = _two_of_three(boa_session(3, 8, AdmmSettings()))
+    sess.submit(0, np.zeros(8))  # so that a second submission by device 0 is a duplicate
+    before = sess.fingerprint()
+    with boa.reverts(case.strip()):
+        REJECTIONS[case](sess)
+    assert sess.fingerprint() == before
+
+
+def _two_of_three(sess):
+    """A fresh contract whose session has devices 0 and 1; device 2 is only whitelisted."""
+    from contract_fixtures import BoaSession, boa_deploy
+
+    c = boa_deploy(sess.operator)
+    with boa.env.prank(sess.operator):
+        c.register_devices([(d, *fp.to_fixed(b)) for d, b in zip(sess.devices, sess.bounds,
+                                                                   strict=True)])
+        sid = c.open_session(session_params(sess.feeder, sess.settings, 5),
+                             fp.pack_kw(sess.feeder.price, fp.PRICE_SCALE),
+                             fp.pack_kw(sess.feeder.capacity),
+                             fp.pack_kw(sess.feeder.export_limit), sess.devices[:2])
+    return BoaSession(c, sess.operator, sess.devices, sess.feeder, sess.settings, 5, sid,
+                      sess.bounds)
+
+
+@pytest.mark.usefixtures("boa_env")
+def test_submission_after_finalization_rejected():
+    sess = _finalized_session()
+    before = sess.fingerprint()
+    with boa.reverts("session finalized"):
+        sess.submit(0, np.zeros(8), round=0)
+    with boa.reverts("session finalized"):
+        _as(sess, sess.devices[0], "advance", sess.session)
+    assert sess.fingerprint() == before
+
+
+@pytest.mark.usefixtures("boa_env")
+def test_padding_lanes_must_be_zero():
+    sess = boa_session(2, 6, AdmmSettings())  # 2 words, lanes 6 and 7 are padding
+    words = fp.pack_kw(np.zeros(6))
+    words[1] |= fp.zigzag(5) << 64 * 3
+    before = sess.fingerprint()
+    with boa.env.prank(sess.devices[0]), boa.reverts("nonzero padding"):
+        sess.c.submit(sess.session, 0, words)
+    assert sess.fingerprint() == before
+
+
+# ---------------------------------------------------------------- scenarios, real local steps
+
+
+def _scenario_run(name: str):
+    pytest.importorskip("device_node.local_step")
+    from device_node.local_step import LocalProblem
+    from lab.admm_inprocess import run_admm
+    from lab.scenario import load
+
+    scen = load(name)
+    problems = [LocalProblem(d) for d in scen.devices]
+    settings = scen.admm_settings()
+    sess = boa_session(len(problems), scen.horizon.slots, settings,
+                       feeder=scen.feeder_params(),
+                       bounds=[d.power_bounds() for d in scen.devices])
+    rounds, infos = _drive(sess, problems, settings.max_rounds)
+    float_run = run_admm(scen, problems=[LocalProblem(d) for d in scen.devices])
+    assert infos[-1].converged == float_run.converged
+    assert rounds == float_run.rounds, (rounds, float_run.rounds)
+
+
+@pytest.mark.usefixtures("boa_env")
+def test_homes3_through_contract_matches_reference():
+    _scenario_run("homes3")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("boa_env")
+def test_homes10_through_contract_matches_reference():
+    _scenario_run("homes10")
+
+
+# ---------------------------------------------------------------- web3 client on real geth
+
+
+def test_client_on_geth(request):
+    from aggregator_contract.client import Coordinator, CoordinatorError, connect
+
+    net, operator, accts = request.getfixturevalue("geth_chain")
+    signer_url = net.http_url(net.signers()[0])
+    member_url = net.http_url(net.members()[0])
+    # deploy through the signer: a member node at genesis relays no transaction until it
+    # has imported a block (geth only accepts/relays txs once it considers itself synced)
+    coord = Coordinator.deploy(connect(signer_url), operator)
+    assert coord.deploy_receipt["status"] == 1
+    w3 = connect(member_url)
+    deadline = time.monotonic() + 30
+    while w3.eth.block_number < coord.deploy_receipt["blockNumber"]:
+        assert time.monotonic() < deadline, "member node did not import the deploy block"
+        time.sleep(0.1)
+    coord = Coordinator(w3, coord.address, operator)
+    devs = accts[:3]
+    rng = np.random.default_rng(3)
+    t = 8
+    solvers = [BoxQuadratic(rng, t) for _ in devs]
+    coord.register_devices([(a.address, s.lo, s.hi) for a, s in zip(devs, solvers,
+                                                                     strict=True)])
+    feeder = tou_feeder(t)
+    settings = AdmmSettings(rho0=1.0, max_rounds=40)
+    sid = coord.open_session(feeder, settings, [a.address for a in devs], deadline_blocks=50)
+    # devices alternate between the two nodes
+    clients = [Coordinator(connect(signer_url if i % 2 else member_url), coord.address, a)
+               for i, a in enumerate(devs)]
+    with pytest.raises(CoordinatorError, match="not whitelisted"):
+        Coordinator(w3, coord.address, accts[3]).submit(sid, 0, np.zeros(t))
+    with pytest.raises(CoordinatorError, match="only operator"):
+        clients[0].register_devices([(accts[3].address, 0, 1)])
+
+    x = np.zeros((len(devs), t))
+    while (cur := clients[0].current()) is not None:
+        x = np.array([s.solve(x[i] - cur.xbar + cur.zbar - cur.u, cur.rho)
+                      for i, s in enumerate(solvers)])
+        for i, c in enumerate(clients):
+            c.submit(sid, cur.round, x[i])
+        if cur.round == 0:
+            with pytest.raises(CoordinatorError, match="wrong round"):
+                clients[0].submit(sid, 0, x[0])
+        nxt = coord.wait_for_round(sid, cur.round + 1, timeout=30)
+        assert nxt is None or nxt.round == cur.round + 1
+    sched = coord.wait_finalized(sid, timeout=30)
+    assert sched.converged
+
+    # replay from the chain alone: SessionOpened + Submitted events through the reference
+    info = coord.session_info(sid)
+    assert info.devices == [a.address for a in devs]
+    assert np.array_equal(info.feeder.price, feeder.price)
+    rounds = coord.rounds(sid)
+    assert len(rounds) == sched.round + 1 and rounds[-1].converged
+    state = AggregatorState.initial(len(devs), t, info.settings.rho0)
+    for rec in rounds:
+        subs = {s.device: s.x for s in coord.submissions(sid, rec.round)}
+        xk = np.array([subs[a.address] for a in devs])
+        state, ref = aggregate_step(state, xk, info.feeder, info.settings)
+        assert rec.converged == ref.converged
+        assert rec.r == pytest.approx(ref.r, abs=1e-6)
+        assert rec.rho_next == pytest.approx(ref.rho_next)
+        for got, want in ((rec.xbar, state.xbar), (rec.zbar, state.zbar), (rec.u, state.u)):
+            assert np.abs(got - want).max() <= TOL_KW
+    # every node sees the same schedule
+    other = Coordinator(connect(signer_url), coord.address).schedule(sid, sched.block)
+    for a in devs:
+        assert np.array_equal(sched.x[a.address], other.x[a.address])
+        assert np.array_equal(sched.x[a.address], fp.quantize_kw(x[devs.index(a)]))
+    with pytest.raises(CoordinatorError, match="session finalized"):
+        clients[1].submit(sid, sched.round, x[1])
