@@ -35,6 +35,7 @@ MAX_SLOTS: constant(uint256) = 384
 LANES: constant(uint256) = 4
 MAX_WORDS: constant(uint256) = 96  # MAX_SLOTS // LANES
 MAX_DEVICES: constant(uint256) = 256
+MAX_PLAN_WORDS: constant(uint256) = 32  # on/off plans: 256 slots a word, e.g. 16 actuators x 2
 LANE_MASK: constant(uint256) = 2**64 - 1
 MAX_LANE: constant(int256) = 2**63 - 1
 WAD: constant(int256) = 10**18
@@ -171,6 +172,12 @@ event Finalized:
     converged: bool
 
 
+event PlanPublished:
+    session: indexed(uint256)
+    device: indexed(address)
+    words: DynArray[uint256, MAX_PLAN_WORDS]
+
+
 operator: public(address)
 device_word: HashMap[address, uint256]
 
@@ -195,6 +202,9 @@ dev_state: HashMap[uint256, HashMap[address, uint256]]
 # (session << 160 | device) -> two packed buffers: words [0, MAX_WORDS) and
 # [MAX_WORDS, 2*MAX_WORDS). One key (one keccak per access) rather than nested maps.
 xbuf: HashMap[uint256, uint256[2 * MAX_WORDS]]
+# session -> device -> on/off plans of its switched loads (bit t of a word = slot t), published
+# by the device after finalization; the MQTT bridge reads them
+plans: HashMap[uint256, HashMap[address, DynArray[uint256, MAX_PLAN_WORDS]]]
 
 
 @deploy
@@ -435,14 +445,66 @@ def schedule(session: uint256, device: address) -> ScheduleEntry:
     out.round = f.round
     out.block = f.block
     out.timestamp = f.timestamp
-    slots: uint256 = self.slots_of[session]
-    base: uint256 = ((st >> CUR_SHIFT) & 1) * MAX_WORDS
-    for w: uint256 in range((slots + LANES - 1) // LANES, bound=MAX_WORDS):
-        word: uint256 = self.xbuf[self._key(session, device)][base + w]
-        for j: uint256 in range(LANES):
-            if w * LANES + j < slots:
-                out.x.append(self._lane(word, j))
+    out.x = self._device_x(session, device, st)
     return out
+
+
+@view
+@external
+def last_x(session: uint256, device: address) -> DynArray[int256, MAX_SLOTS]:
+    """
+    @notice The x_i the contract holds for `device`: its last submission (or zeros before
+            its first), i.e. what the last closed round used. A device resumes from this.
+    @param session The session id.
+    @param device A participant of that session.
+    @return x_i in 1e-9 kW, T values.
+    """
+    st: uint256 = self.dev_state[session][device]
+    assert st & IDX_MASK != 0, "device not in session"
+    return self._device_x(session, device, st)
+
+
+@view
+@external
+def has_submitted(session: uint256, round: uint256, device: address) -> bool:
+    """
+    @notice Whether `device` has submitted for `round` of `session`.
+    @param session The session id.
+    @param round The round.
+    @param device The device address.
+    @return True once its submission for that round is in.
+    """
+    st: uint256 = self.dev_state[session][device]
+    return (st >> ROUND_SHIFT) & ROUND_MASK == round + 1
+
+
+@external
+def publish_plan(session: uint256, words: DynArray[uint256, MAX_PLAN_WORDS]):
+    """
+    @notice After finalization, a participant publishes the on/off plans of its switched
+            loads, derived from its final x_i by the rule of mqtt_bridge/plan.py (the
+            contract cannot check a private split; it records who said what, once).
+    @param session A finalized session the sender took part in.
+    @param words The plans, ceil(T/256) words per actuator in scenario order.
+    """
+    assert self.finals[session].finalized, "session not finalized"
+    assert self.dev_state[session][msg.sender] & IDX_MASK != 0, "device not in session"
+    assert len(words) > 0, "empty plan"
+    assert len(self.plans[session][msg.sender]) == 0, "plan already published"
+    self.plans[session][msg.sender] = words
+    log PlanPublished(session=session, device=msg.sender, words=words)
+
+
+@view
+@external
+def plan(session: uint256, device: address) -> DynArray[uint256, MAX_PLAN_WORDS]:
+    """
+    @notice The on/off plans `device` published for `session` (empty before).
+    @param session The session id.
+    @param device The device address.
+    @return The plan words.
+    """
+    return self.plans[session][device]
 
 
 @view
@@ -559,6 +621,22 @@ def _unpack_storage(which: uint256, slots: uint256) -> DynArray[int256, MAX_SLOT
             word = self.zbar_w[w] ^ STATE_FLIP
         else:
             word = self.u_w[w] ^ STATE_FLIP
+        for j: uint256 in range(LANES):
+            if w * LANES + j < slots:
+                out.append(self._lane(word, j))
+    return out
+
+
+@internal
+@view
+def _device_x(session: uint256, device: address, st: uint256) -> DynArray[int256, MAX_SLOTS]:
+    """The current buffer of a device (state word `st`), unpacked."""
+    out: DynArray[int256, MAX_SLOTS] = []
+    slots: uint256 = self.slots_of[session]
+    base: uint256 = ((st >> CUR_SHIFT) & 1) * MAX_WORDS
+    key: uint256 = self._key(session, device)
+    for w: uint256 in range((slots + LANES - 1) // LANES, bound=MAX_WORDS):
+        word: uint256 = self.xbuf[key][base + w]
         for j: uint256 in range(LANES):
             if w * LANES + j < slots:
                 out.append(self._lane(word, j))

@@ -271,7 +271,26 @@ class Coordinator:
         return self._transact(self.contract.functions.advance(session),
                               f"advance(session={session})", gas=close_gas_bound(n, slots))
 
+    def publish_plan(self, session: int, words: Sequence[int]) -> Any:
+        """After finalization: this device's on/off plans (mqtt_bridge.plan words)."""
+        return self._transact(self.contract.functions.publish_plan(session, list(words)),
+                              f"publish_plan(session={session}, {len(words)} words)")
+
     # ---- reads -------------------------------------------------------------------------
+
+    def last_x(self, session: int, device: str) -> np.ndarray:
+        """The x_i the contract holds for `device` (its last submission; zeros before)."""
+        return fp.from_fixed(self.contract.functions.last_x(
+            session, to_checksum_address(device)).call())
+
+    def has_submitted(self, session: int, round: int, device: str) -> bool:
+        return bool(self.contract.functions.has_submitted(
+            session, round, to_checksum_address(device)).call())
+
+    def plan_words(self, session: int, device: str) -> list[int]:
+        """The plan words `device` published for `session` ([] before)."""
+        return [int(w) for w in self.contract.functions.plan(
+            session, to_checksum_address(device)).call()]
 
     def current(self) -> CurrentVars | None:
         """The open round's shared variables; None when no session is open."""

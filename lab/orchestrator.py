@@ -98,7 +98,7 @@ class Lab:
     def deploy(self) -> None:
         s = self.scenario
         t = time.monotonic()
-        w3 = connect(self.network.http_url(self.network.signers[0]))
+        w3 = connect(self.network.http_url(self.network.signers()[0]))
         self.coordinator = Coordinator.deploy(w3, self.operator)
         self.coordinator.register_devices(
             [(self.accounts[d.id].address, *d.power_bounds()) for d in s.devices])
@@ -136,7 +136,7 @@ class Lab:
         self.mqtt_url = self.broker.start()
         if self.broker.pid:
             self.run.record_pid("broker", self.broker.pid)
-        self.bridge_config = BridgeConfig.from_scenario(self.scenario, self.run.path.name)
+        self.bridge_config = BridgeConfig.from_scenario(self.scenario.raw, self.run.path.name)
         cfg = self.run.path / "bridge.json"
         self.bridge_config.save(cfg)
         common = ["--url", self.mqtt_url, "--config", cfg, "--run-dir", self.run.path]
@@ -145,7 +145,7 @@ class Lab:
                                    self.run.logs, restart=True)
         self.supervisor.python(
             "bridge", "mqtt_bridge",
-            ["bridge", *common, "--node", self.network.signers[0],
+            ["bridge", *common, "--node", self.network.signers()[0],
              "--linger", "-1" if linger else "0"], self.run.logs, restart=True)
         self.say(f"mqtt: {self.broker.kind} broker at {self.mqtt_url}, "
                  f"{len(self.bridge_config.actuators)} actuators; `make watch` to follow")
@@ -164,7 +164,7 @@ class Lab:
             time.sleep(0.2)
         report = json.loads((self.run.results / "bridge.json").read_text())
         status = report["status"]
-        plans = ChainSource(self.run.path, self.network.signers[0], self.bridge_config).plans()
+        plans = ChainSource(self.run.path, self.network.signers()[0], self.bridge_config).plans()
         events_file = self.run.path / "emulators.jsonl"
         events = read_events(events_file) if events_file.exists() else []
         problems = {}
@@ -252,7 +252,7 @@ class Lab:
             c = Coordinator(connect(self.network.http_url(name)), self.coordinator.address)
             sched = c.wait_finalized(self.session, timeout=30)
             per_node[name] = np.array([sched.x[a] for a in addresses])
-        ref = per_node[self.network.signers[0]]
+        ref = per_node[self.network.signers()[0]]
         differs = [n for n, x in per_node.items() if not np.array_equal(x, ref)]
         if differs:
             raise RuntimeError(f"nodes {differs} disagree on the final schedule")
