@@ -28,6 +28,7 @@ Units: the client speaks kW, $/kWh, hours and plain floats; fixed_point.py conve
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -165,6 +166,15 @@ class _Nonces:
             cls._next.pop((id(w3.provider), address), None)
 
 
+@functools.cache
+def _chain_id_of(provider_id: int, w3: Web3) -> int:
+    return int(w3.eth.chain_id)
+
+
+def _chain_id(w3: Web3) -> int:
+    return _chain_id_of(id(w3.provider), w3)
+
+
 def _reason(err: Exception) -> str:
     msg = getattr(err, "message", None) or str(err)
     return msg.removeprefix("execution reverted: ").removeprefix("execution reverted")
@@ -172,17 +182,24 @@ def _reason(err: Exception) -> str:
 
 def send_tx(w3: Web3, account: LocalAccount, tx: dict, what: str, gas: int | None = None,
             timeout: float = RECEIPT_TIMEOUT) -> Any:
-    """Dry-run, sign, send and wait for `tx` (a dict with to/data/value); returns the receipt.
-    Raises CoordinatorError with the revert reason."""
+    """Sign, send and wait for `tx` (a dict with to/data/value); returns the receipt.
+    Raises CoordinatorError with the revert reason.
+
+    Without `gas`, eth_estimateGas is the dry run (it raises with the revert reason). With a
+    fixed `gas` (the submissions, every round) there is no dry run: geth's estimate is a
+    binary search of EVM runs, and for a round-closing submission each run is the whole
+    aggregate update, on every device, every round. A submission that reverts is mined as a
+    failed transaction (contract state unchanged) and its reason recovered by replaying it."""
     tx = {"from": account.address, "value": 0, **tx}
-    try:
-        estimate = w3.eth.estimate_gas(tx)  # the dry run: raises with the revert reason
-    except ContractLogicError as e:
-        raise CoordinatorError(what, _reason(e)) from None
+    if gas is None:
+        try:
+            gas = int(w3.eth.estimate_gas(tx) * 1.2) + 10_000
+        except ContractLogicError as e:
+            raise CoordinatorError(what, _reason(e)) from None
     base_fee = w3.eth.get_block("latest")["baseFeePerGas"]
     tx |= tx_fees(base_fee)
-    tx["gas"] = gas if gas is not None else int(estimate * 1.2) + 10_000
-    tx["chainId"] = w3.eth.chain_id
+    tx["gas"] = gas
+    tx["chainId"] = _chain_id(w3)
     for attempt in range(2):
         tx["nonce"] = _Nonces.take(w3, account.address)
         signed = account.sign_transaction(tx)
@@ -194,7 +211,8 @@ def send_tx(w3: Web3, account: LocalAccount, tx: dict, what: str, gas: int | Non
             if attempt or "nonce" not in str(e).lower():
                 raise CoordinatorError(what, f"node refused the transaction: {e}") from None
     try:
-        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.1)
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout,
+                                                      poll_latency=0.02)
     except Exception as e:  # noqa: BLE001 - web3's TimeExhausted and transport errors
         _Nonces.forget(w3, account.address)
         raise CoordinatorError(what, f"tx {tx_hash.hex()} not mined: {e}") from None
@@ -218,6 +236,7 @@ class Coordinator:
         self.account = account
         self.contract = w3.eth.contract(address=self.address, abi=compile_coordinator().abi)
         self.deploy_receipt: Any = None  # set by deploy()
+        self._sizes: dict[int, int] = {}
 
     # ---- operator ----------------------------------------------------------------------
 
@@ -259,14 +278,26 @@ class Coordinator:
     def submit(self, session: int, round: int, x: np.ndarray) -> Any:
         """Submit x_i (kW, length T) for the round; rounded to 1e-9 kW. Returns the receipt."""
         x = np.asarray(x, dtype=float)
-        n = len(self.session_devices(session))
+        n = self._session_size(session)
         fn = self.contract.functions.submit(session, round, fp.pack_kw(x))
         return self._transact(fn, f"submit(session={session}, round={round})",
                               gas=close_gas_bound(max(n, 1), x.shape[0]))
 
+    def topics(self, *events: str) -> list[str]:
+        """Log topics (event signature hashes) of the named events, for subscriptions."""
+        from eth_utils import event_abi_to_log_topic
+
+        abis = {e["name"]: e for e in self.contract.abi if e.get("type") == "event"}
+        return ["0x" + event_abi_to_log_topic(abis[name]).hex() for name in events]
+
+    @staticmethod
+    def rounded(x: np.ndarray) -> np.ndarray:
+        """x as the contract stores it (1e-9 kW, rounded to nearest)."""
+        return fp.from_fixed(fp.to_fixed(np.asarray(x, dtype=float)))
+
     def advance(self, session: int) -> Any:
         """Close the round after its deadline, stragglers keeping their previous x_i."""
-        n = len(self.session_devices(session))
+        n = self._session_size(session)
         slots = int(self.contract.functions.params().call()[0])
         return self._transact(self.contract.functions.advance(session),
                               f"advance(session={session})", gas=close_gas_bound(n, slots))
@@ -400,6 +431,12 @@ class Coordinator:
         return sched
 
     # ---- internals ---------------------------------------------------------------------
+
+    def _session_size(self, session: int) -> int:
+        """N of a session (fixed once open), read once."""
+        if session not in self._sizes:
+            self._sizes[session] = len(self.session_devices(session))
+        return self._sizes[session]
 
     def _slots(self, session: int) -> int:
         return int(self.contract.functions.slots_of(session).call())

@@ -124,8 +124,11 @@ def node_command(geth: Path, spec: NodeSpec, network_id: int = CHAIN_ID,
     return cmd
 
 
-def static_nodes_toml(static: list[str], trusted: list[str]) -> str:
-    """A --config TOML peering a node with ``static`` (dialed) and ``trusted`` enodes."""
+def static_nodes_toml(static: list[str], trusted: list[str], dial_ratio: int = 0) -> str:
+    """A --config TOML peering a node with ``static`` (dialed) and ``trusted`` enodes.
+    dial_ratio 1 lets a node dial up to --maxpeers peers (geth's default 3 allows a third)."""
     def arr(xs: list[str]) -> str:
         return "[" + ", ".join(f'"{x}"' for x in xs) + "]"
-    return f"[Node.P2P]\nStaticNodes = {arr(static)}\nTrustedNodes = {arr(trusted)}\n"
+    ratio = f"DialRatio = {dial_ratio}\n" if dial_ratio else ""
+    return (f"[Node.P2P]\nStaticNodes = {arr(static)}\nTrustedNodes = {arr(trusted)}\n"
+            + ratio)

@@ -10,7 +10,8 @@ Layout under the run folder:
     logs/geth-<name>.log         geth's output (appended across restarts)
 
 Topology: signers form a full mesh; every member peers with every signer (a tx sent to a
-member reaches a signer in one hop, a block reaches every member in one hop). Node keys are
+member reaches a signer in one hop, a block reaches every member in one hop) and with its
+two ring neighbours among the members (so blocks are relayed whole; see _link). Node keys are
 generated here, so enodes are known before any node starts and go into each node's
 --config TOML: all neighbours as TrustedNodes (no peer limit refuses them), the signers as
 StaticNodes (dialed). Signers are told to dial members by admin_addPeer once the members
@@ -18,20 +19,20 @@ run, because geth retries a failed dial only after 35 s. A restarted member dial
 itself at once; the other signers come back within those 35 s.
 
 Block propagation (measured, 1 signer + 10 members, period 0): geth sends a new block in
-full to sqrt(peers) of the signer's peers (~30-100 ms after the tx is sent) and only
-announces it to the others, which fetch it after geth's fixed 500 ms announce delay
-(~0.65 s). Grouping devices per node (fewer members) reduces that tail.
+full to sqrt(peers) of the signer's peers and only announces it to the others, which fetch
+it after geth's fixed 500 ms announce delay (~0.65 s in all). The member ring fixes that
+tail: a member that got the block whole relays it whole to its ring neighbours at once.
 
 Why members start after the signers have a new block (geth 1.13 legacy sync): a non-mining
 node discards propagated blocks ("Syncing, discarded propagated block") until it has
 completed one downloader sync, and it only syncs from a peer whose total difficulty is
 strictly higher than its own, once it has min(5, --maxpeers) peers (or after a 10 s timer).
-So members run with --maxpeers 1 (their signer peers are trusted, so the limit does not
-refuse them; it only makes one peer enough to sync), and every member is started only after
-the signers' head moved past it: a fresh or resumed network first gets one new block (with
-period 0, from a zero-value self-transfer by the signer), so each member syncs in
-its handshake and then follows propagated blocks. Signers do not need this (a mining node
-counts as synced), but a restarted signer that is behind may need geth's 10 s timer.
+So members run with --maxpeers equal to their neighbour count (all trusted; with DialRatio 1
+they may dial them all), so that having all neighbours is enough to sync, and every member
+is started only after the signers' head moved past it: a fresh or resumed network first
+gets one new block (with period 0, from a zero-value self-transfer by the signer), so each
+member syncs in its handshake and then follows propagated blocks. Signers do not need this
+(a mining node counts as synced), but a restarted signer that is behind may need geth's 10 s timer.
 
     with Network.start(run_dir, members=3, signers=1, period=0, fund=[addr, ...]) as net:
         w3 = net.w3("member0"); net.ws_url("member1")
@@ -296,11 +297,13 @@ class Network:
                     keys.signer_path(run_dir, name).read_text())
         _link(nodes, signer_names, member_names)
         for n in nodes.values():
-            # Members dial the signers; signers dial each other and are told about members
-            # by admin_addPeer once those run (a failed dial is not retried for 35 s).
+            # Members dial the signers; signers dial each other; signers and members are told
+            # about members by admin_addPeer once those run (a failed dial is not retried for
+            # 35 s).
             trusted = [nodes[m].enode for m in n.neighbours]
             static = [nodes[m].enode for m in n.neighbours if nodes[m].role == SIGNER]
-            (Path(n.datadir) / "config.toml").write_text(static_nodes_toml(static, trusted))
+            (Path(n.datadir) / "config.toml").write_text(
+                static_nodes_toml(static, trusted, dial_ratio=1 if n.role == MEMBER else 0))
         geth = check_geth()
         procs = [subprocess.Popen(init_command(geth, Path(n.datadir), genesis_file),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -357,8 +360,10 @@ class Network:
             http_port=info.http_port, ws_port=info.ws_port, authrpc_port=info.authrpc_port,
             config=Path(info.datadir) / "config.toml", signer=info.signer_address,
             password_file=pw, mine=len(self.signers()) == 1,
-            # members: 1, see the module docstring; signers: room to dial every node
-            maxpeers=max(50, 3 * len(self.nodes)) if info.role == SIGNER else 1,
+            # members: exactly their neighbours, see the module docstring; signers: room to
+            # dial every node
+            maxpeers=(max(50, 3 * len(self.nodes)) if info.role == SIGNER
+                      else max(1, len(info.neighbours))),
         )
 
     def pid(self, name: str) -> int | None:
@@ -492,12 +497,17 @@ class Network:
                 time.sleep(0.05)
 
     def _connect_members(self) -> None:
-        """Make every live signer dial every live member (admin_addPeer: no-op if known)."""
-        members = [self.nodes[m].enode for m in self.members() if self.pid(m)]
+        """Make every live signer dial every live member, and every live member its ring
+        neighbours (admin_addPeer: a no-op if already peered)."""
+        live = [m for m in self.members() if self.pid(m)]
         for s in self.signers():
             if self.pid(s):
-                for enode in members:
-                    rpc(self.nodes[s].http_url, "admin_addPeer", [enode])
+                for m in live:
+                    rpc(self.nodes[s].http_url, "admin_addPeer", [self.nodes[m].enode])
+        for m in live:
+            for other in self.nodes[m].neighbours:
+                if self.nodes[other].role == MEMBER and other in live and other > m:
+                    rpc(self.nodes[m].http_url, "admin_addPeer", [self.nodes[other].enode])
 
     def stop_node(self, name: str) -> None:
         """Stop one node (SIGTERM, then SIGKILL after 15 s). Its data stays."""
@@ -573,11 +583,18 @@ def make_w3(http_url: str, timeout: float = 60.0):
 
 
 def _link(nodes: dict[str, NodeInfo], signer_names: list[str], member_names: list[str]) -> None:
-    """Signers: full mesh. Members: every signer. Symmetric lists."""
+    """Signers: full mesh. Members: every signer, plus a ring of members. Symmetric lists.
+
+    The ring is for block propagation: geth sends a new block whole to only sqrt(peers) of
+    the signer's peers and announces it to the rest, which fetch it ~0.5 s later. A member
+    that got the block whole relays it whole along the ring within milliseconds."""
     edges: set[frozenset[str]] = set()
     for i, a in enumerate(signer_names):
         edges |= {frozenset((a, b)) for b in signer_names[i + 1:]}
     for m in member_names:
         edges |= {frozenset((m, s)) for s in signer_names}
+    if len(member_names) > 1:
+        ring = member_names + member_names[:1] if len(member_names) > 2 else member_names
+        edges |= {frozenset(pair) for pair in zip(ring, ring[1:], strict=False)}
     for n in nodes.values():
         n.neighbours = sorted(next(iter(e - {n.name})) for e in edges if n.name in e)

@@ -48,7 +48,9 @@ def run(run_dir: Path, node: str, device_ids: list[str], poll_s: float = 0.25) -
     session = int(lab["session"])
     agents = build_agents(run_dir, node, device_ids)
     coord = agents[0].coordinator
-    wake = ContractWakeup(load_nodes(run_dir)[node].ws_url, coord.address)
+    # Wake on round changes only: a Submitted event changes nothing a device acts on.
+    wake = ContractWakeup(load_nodes(run_dir)[node].ws_url, coord.address,
+                          coord.topics("SessionOpened", "RoundClosed", "Finalized"))
     wake.start()
     log.info("devices %s on node %s, session %d, ws=%s", device_ids, node, session,
              wake.connected)

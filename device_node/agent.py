@@ -43,6 +43,7 @@ class DeviceAgent:
         self.coordinator = coordinator
         self.problem = LocalProblem(spec, solver=solver)
         self._done: tuple[int, int] | None = None  # (session, round) last submitted
+        self._sent: tuple[int, int, np.ndarray] | None = None  # ... and its x, as on chain
         self._planned: set[int] = set()  # sessions whose plans are on chain
 
     @property
@@ -54,14 +55,14 @@ class DeviceAgent:
         key = (cur.session, cur.round)
         if self._done == key:
             return None
-        if self.coordinator.has_submitted(cur.session, cur.round, self.address):
-            self._done = key  # e.g. submitted before a restart
+        if self._done is None and self.coordinator.has_submitted(*key, self.address):
+            self._done = key  # submitted before a restart
             return None
-        x_prev = self.coordinator.last_x(cur.session, self.address)
-        v = x_prev - cur.xbar + cur.zbar - cur.u
+        v = self._x_prev(cur) - cur.xbar + cur.zbar - cur.u
         x = self.problem.solve(v, cur.rho)
         try:
             self.coordinator.submit(cur.session, cur.round, x)
+            self._sent = (cur.session, cur.round, self.coordinator.rounded(x))
         except CoordinatorError as e:
             # Another path closed the round first (deadline advance): the next read tells.
             if "round" not in str(e):
@@ -69,6 +70,14 @@ class DeviceAgent:
             log.warning("%s: submission for round %d refused: %s", self.spec.id, cur.round, e)
         self._done = key
         return StepResult(cur.session, cur.round, self.problem.solve_times[-1])
+
+    def _x_prev(self, cur: CurrentVars) -> np.ndarray:
+        """x_i as the contract holds it. Our own last submission when it was for the round
+        just closed (the usual case, no read); else the chain's copy (after a restart, or
+        when a deadline advance reused an older x_i)."""
+        if self._sent is not None and self._sent[:2] == (cur.session, cur.round - 1):
+            return self._sent[2]
+        return self.coordinator.last_x(cur.session, self.address)
 
     def publish_plans(self, session: int) -> bool:
         """Once `session` is final: the on/off plan of every switched load with an actuator,

@@ -18,9 +18,11 @@ log = logging.getLogger(__name__)
 
 
 class ContractWakeup:
-    def __init__(self, ws_url: str, address: str, retry_s: float = 1.0) -> None:
+    def __init__(self, ws_url: str, address: str, topics: list[str] | None = None,
+                 retry_s: float = 1.0) -> None:
         self.ws_url = ws_url
         self.address = address
+        self.topics = topics  # wake only on these events (any of them); None: every event
         self.retry_s = retry_s
         self._event = threading.Event()
         self._stop = threading.Event()
@@ -57,7 +59,10 @@ class ContractWakeup:
 
     async def _listen(self) -> None:
         async with AsyncWeb3(WebSocketProvider(self.ws_url)) as w3:
-            await w3.eth.subscribe("logs", {"address": self.address})
+            flt: dict = {"address": self.address}
+            if self.topics:
+                flt["topics"] = [self.topics]
+            await w3.eth.subscribe("logs", flt)
             self._connected.set()
             async for _ in w3.socket.process_subscriptions():
                 self._event.set()

@@ -219,7 +219,7 @@ class Lab:
             if now - last_seen > STALL_TICK_S:
                 self._unstick()
                 last_seen = now
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     def _unstick(self) -> None:
         """No progress: seal a block (period 0 seals only on transactions) and, once the

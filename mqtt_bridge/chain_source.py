@@ -32,12 +32,15 @@ class ChainSource:
         self.coordinator = Coordinator(connect(load_nodes(run_dir)[node].http_url),
                                        lab["contract"])
         self._final: tuple[dict, dict] | None = None  # cached once complete
+        self._last_round = None  # the latest RoundClosed seen
 
     def status(self) -> dict[str, Any]:
         c = self.coordinator
         final = self._load_final()
         rounds = c.rounds(self.session, from_block=self.from_block)
-        last = rounds[-1] if rounds else None
+        if rounds:  # next time, read only the newer events
+            self._last_round, self.from_block = rounds[-1], rounds[-1].block + 1
+        last = self._last_round
         cur = c.current()
         return {
             "session": self.session,
