@@ -11,7 +11,7 @@ GETH := tools/bin/geth
 GETH_VERSION := v1.13.15
 LAB := $(BIN)/lab
 
-.PHONY: setup up run down watch solve test test-slow test-compose bench-admm bench-gas lint clean
+.PHONY: setup up run down watch solve test test-slow test-compose images-offline bench-admm bench-gas lint clean
 
 setup: $(STAMP) $(GETH)
 
@@ -54,8 +54,12 @@ test: setup
 test-slow: setup
 	$(BIN)/pytest -q -m slow
 
-test-compose: setup
-	$(BIN)/pytest -q -m compose
+# Container images without a registry (Debian base by debootstrap, podman); reused when present.
+images-offline: setup
+	$(BIN)/python -m lab.images build-offline
+
+test-compose: setup images-offline
+	$(BIN)/pytest -q -m compose tests/test_compose.py
 
 bench-admm: setup
 	$(LAB) bench-admm $(SCENARIO)

@@ -37,7 +37,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from lab.orchestrator import run_once
 
     logging.basicConfig(level=logging.WARNING)
-    summary = run_once(_load(args.scenario), interactive=False, compare=not args.no_compare)
+    summary = run_once(_load(args.scenario), interactive=False, compare=not args.no_compare,
+                       runtime=args.runtime)
     print(json.dumps(summary))
     return 0
 
@@ -47,7 +48,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     try:
-        run_once(_load(args.scenario), interactive=True, compare=not args.no_compare)
+        run_once(_load(args.scenario), interactive=True, compare=not args.no_compare,
+                 runtime=args.runtime)
     except KeyboardInterrupt:
         print("lab stopped", file=sys.stderr)
     return 0

@@ -48,6 +48,11 @@ class Progress:
 
 
 class Lab:
+    """The local-process runtime. lab/compose.py's ComposeLab overrides where processes run
+    (start_chain, start_devices, stop); everything else is shared."""
+
+    runtime = "local"
+
     def __init__(self, scenario: Scenario, run: RunFolder, out=sys.stderr) -> None:
         self.scenario = scenario
         self.run = run
@@ -110,7 +115,7 @@ class Lab:
             "scenario": s.name, "contract": self.coordinator.address, "session": self.session,
             "deploy_block": self.deploy_block, "solver": s.admm.solver,
             "devices": {d: self.accounts[d].address for d in self.accounts},
-            "groups": self.groups, "runtime": "local",
+            "groups": self.groups, "runtime": self.runtime,
         })
         self.timings["deploy_s"] = time.monotonic() - t
         self.say(f"contract {self.coordinator.address}, session {self.session} open")
@@ -284,16 +289,26 @@ class Lab:
         stop_pids(self.run.recorded_pids().values(), timeout=3)
 
 
-def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True) -> dict:
-    """The whole lab once; returns the summary dict (`lab run` prints it as JSON)."""
+def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True,
+             runtime: str | None = None) -> dict:
+    """The whole lab once; returns the summary dict (`lab run` prints it as JSON).
+    runtime: "local", "compose" or None (compose when a Docker engine answers)."""
     busy = active_lab()
     if busy is not None:
         raise SystemExit(f"error: a lab is already running (scenario {busy.get('scenario')}, "
                          f"pid {busy['pid']}, run folder {busy.get('run')}); "
                          "stop it with `make down` first")
+    from lab.compose import detect_runtime
+
+    runtime = detect_runtime(runtime)
     run = RunFolder.create(scenario.name)
     claim(run, scenario.name)
-    lab = Lab(scenario, run)
+    if runtime == "compose":
+        from lab.compose import ComposeLab
+
+        lab: Lab = ComposeLab(scenario, run)
+    else:
+        lab = Lab(scenario, run)
     _install_signal_handlers()
     t0 = time.monotonic()
     try:
@@ -310,7 +325,7 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True) -> 
         lab.write_results(x, meta, prog)
         summary = {
             "scenario": scenario.name,
-            "runtime": "local",
+            "runtime": lab.runtime,
             "nodes": len(lab.network.nodes),
             "devices": len(scenario.devices),
             "finalized": True,
@@ -373,6 +388,10 @@ def down() -> int:
     except psutil.TimeoutExpired:
         stop_pids([info["pid"]])
     run_dir = Path(info["run"])
+    if (run_dir / "docker-compose.yml").exists():
+        from lab.compose import ComposeProject
+
+        ComposeProject(run_dir).down()
     stop_run(run_dir)
     pids = RunFolder(run_dir).recorded_pids()
     stop_pids(pids.values(), timeout=3)
