@@ -25,6 +25,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("watch", help="readable tail of the running lab's MQTT topics")
     p.add_argument("--url", help="mqtt://host:port (default: the running lab's broker)")
     p.set_defaults(func=_cmd_watch)
+    add_verify(sub)
 
 
 def _load(name: str):
@@ -66,3 +67,26 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
     watch(args.url or default_url())
     return 0
+
+
+def add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="replay a run's session from the chain through the float "
+                       "reference; last stdout line is a JSON verdict")
+    p.add_argument("run_dir", nargs="?", help="run folder (default: the running lab's)")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lab.runfolder import active_lab
+    from lab.verify import verify_run
+
+    if args.run_dir is None:
+        info = active_lab()
+        if info is None:
+            raise SystemExit("error: no lab is running; give a run folder")
+        args.run_dir = info["run"]
+    verdict = verify_run(Path(args.run_dir))
+    print(json.dumps(verdict.as_dict()))
+    return 0 if verdict.ok else 1

@@ -81,6 +81,17 @@ def test_homes3_end_to_end(runs):
     for pid in json.loads((run_dir / "pids.json").read_text()).values():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     assert not any(_listening(p) for p in _lab_ports(run_dir))
+    # the run replays from the chain alone (its chain is resumed from the run folder)
+    ver = subprocess.run(lab_cmd("verify", str(run_dir)), capture_output=True, text=True,
+                         timeout=300, env=_env(), cwd=REPO)
+    assert ver.returncode == 0, ver.stdout + ver.stderr[-2000:]
+    verdict = json.loads(ver.stdout.strip().splitlines()[-1])
+    assert verdict["ok"] and verdict["rounds"] == summary["rounds"]
+    assert verdict["max_dev_kw"] <= 1e-5
+    # and verify stopped what it resumed
+    for pid in json.loads((run_dir / "pids.json").read_text()).values():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert not any(_listening(p) for p in _lab_ports(run_dir))
 
 
 def test_device_process_killed_mid_run_still_finalizes(runs):
