@@ -198,6 +198,7 @@ class Lab:
         prev_block = self.deploy_block
         while True:
             self.supervisor.poll()
+            final = coord.is_finalized(session)  # before the events: the last one is read
             recs = [r for r in coord.rounds(session, from_block=from_block)
                     if r.round >= next_round]
             now = time.monotonic()
@@ -217,7 +218,7 @@ class Lab:
                          + (f" | {r.stragglers} straggler(s)" if r.stragglers else ""))
             if recs:
                 last_seen = now
-            if coord.is_finalized(session):
+            if final:
                 return prog
             if timeout_s is not None and now - prog.t_start > timeout_s:
                 raise TimeoutError(f"session {session} not final after {timeout_s:.0f} s")

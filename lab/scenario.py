@@ -39,8 +39,9 @@ class ScenarioError(ValueError):
     """A scenario problem: `file: path: expected ..., got ...`."""
 
     def __init__(self, file: str, path: str, expected: str, got: Any = None, *,
-                 missing: bool = False) -> None:
-        self.file, self.path, self.expected = file, path, expected
+                 missing: bool = False, device: str | None = None) -> None:
+        self.file, self.path, self.expected, self.device = file, path, expected, device
+        self._args = (got, missing)
         where = f"{file}: {path or '<top>'}"
         if missing:
             msg = f"{where}: missing field; expected {expected}"
@@ -48,7 +49,15 @@ class ScenarioError(ValueError):
             msg = f"{where}: expected {expected}"
         else:
             msg = f"{where}: expected {expected}, got {_show(got)}"
+        if device and f"device {device}" not in msg:
+            msg += f" [device {device}]"
         super().__init__(msg)
+
+    def of_device(self, device: str) -> ScenarioError:
+        """The same error, naming the device it is about."""
+        got, missing = self._args
+        return ScenarioError(self.file, self.path, self.expected, got, missing=missing,
+                             device=device)
 
 
 def _show(v: Any) -> str:
@@ -668,12 +677,15 @@ def _device(c: _Ctx, raw: Any, path: str) -> DeviceSpec:
     if not isinstance(comps_raw, list) or not comps_raw:
         c.fail(f"{path}.components", "a non-empty list of components", comps_raw)
     comps, seen = [], set()
-    for j, cr in enumerate(comps_raw):
-        comp = _component(c, cr, f"{path}.components[{j}]", did)
-        if comp.id in seen:
-            c.fail(f"{path}.components[{j}].id", "an id unique within the device", comp.id)
-        seen.add(comp.id)
-        comps.append(comp)
+    try:
+        for j, cr in enumerate(comps_raw):
+            comp = _component(c, cr, f"{path}.components[{j}]", did)
+            if comp.id in seen:
+                c.fail(f"{path}.components[{j}].id", "an id unique within the device", comp.id)
+            seen.add(comp.id)
+            comps.append(comp)
+    except ScenarioError as e:
+        raise e.of_device(did) from None
     return DeviceSpec(did, tuple(comps), c.horizon, dict(m))
 
 
@@ -728,7 +740,8 @@ def _check_devices(scen: Scenario) -> None:
         except InfeasibleDevice as e:
             j = next((k for k, comp in enumerate(d.components) if comp.id == e.component), None)
             path = f"devices[{i}]" + (f".components[{j}]" if j is not None else "")
-            raise ScenarioError(scen.source, path, f"feasible parameters ({e})") from e
+            raise ScenarioError(scen.source, path, f"feasible parameters ({e})",
+                                device=d.id) from e
 
 
 def device_from_payload(payload: Mapping, source: str = "<device payload>") -> DeviceSpec:
