@@ -180,10 +180,38 @@ def _reason(err: Exception) -> str:
     return msg.removeprefix("execution reverted: ").removeprefix("execution reverted")
 
 
+@dataclass
+class PendingTx:
+    """A sent transaction; `receipt()` waits for it and raises with the revert reason."""
+
+    w3: Web3
+    tx: dict
+    tx_hash: Any
+    what: str
+
+    def receipt(self, timeout: float = RECEIPT_TIMEOUT) -> Any:
+        try:
+            receipt = self.w3.eth.wait_for_transaction_receipt(self.tx_hash, timeout=timeout,
+                                                               poll_latency=0.02)
+        except Exception as e:  # noqa: BLE001 - web3's TimeExhausted and transport errors
+            _Nonces.forget(self.w3, self.tx["from"])
+            raise CoordinatorError(self.what,
+                                   f"tx {self.tx_hash.hex()} not mined: {e}") from None
+        if receipt["status"] != 1:
+            call = {k: self.tx[k] for k in ("from", "to", "data", "value", "gas") if k in self.tx}
+            try:
+                self.w3.eth.call(call, receipt["blockNumber"] - 1)
+                reason = "reverted (no reason: out of gas?)"
+            except ContractLogicError as e:
+                reason = _reason(e)
+            raise CoordinatorError(self.what, f"tx {self.tx_hash.hex()} reverted: {reason}")
+        return receipt
+
+
 def send_tx(w3: Web3, account: LocalAccount, tx: dict, what: str, gas: int | None = None,
-            timeout: float = RECEIPT_TIMEOUT) -> Any:
-    """Sign, send and wait for `tx` (a dict with to/data/value); returns the receipt.
-    Raises CoordinatorError with the revert reason.
+            timeout: float = RECEIPT_TIMEOUT, wait: bool = True) -> Any:
+    """Sign, send and (unless `wait` is False: then a PendingTx) wait for `tx` (a dict with
+    to/data/value); returns the receipt. Raises CoordinatorError with the revert reason.
 
     Without `gas`, eth_estimateGas is the dry run (it raises with the revert reason). With a
     fixed `gas` (the submissions, every round) there is no dry run: geth's estimate is a
@@ -210,21 +238,8 @@ def send_tx(w3: Web3, account: LocalAccount, tx: dict, what: str, gas: int | Non
             _Nonces.forget(w3, account.address)
             if attempt or "nonce" not in str(e).lower():
                 raise CoordinatorError(what, f"node refused the transaction: {e}") from None
-    try:
-        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout,
-                                                      poll_latency=0.02)
-    except Exception as e:  # noqa: BLE001 - web3's TimeExhausted and transport errors
-        _Nonces.forget(w3, account.address)
-        raise CoordinatorError(what, f"tx {tx_hash.hex()} not mined: {e}") from None
-    if receipt["status"] != 1:
-        call = {k: tx[k] for k in ("from", "to", "data", "value", "gas") if k in tx}
-        try:
-            w3.eth.call(call, receipt["blockNumber"] - 1)
-            reason = "reverted (no reason: out of gas?)"
-        except ContractLogicError as e:
-            reason = _reason(e)
-        raise CoordinatorError(what, f"tx {tx_hash.hex()} reverted: {reason}")
-    return receipt
+    pending = PendingTx(w3, tx, tx_hash, what)
+    return pending.receipt(timeout) if wait else pending
 
 
 class Coordinator:
@@ -275,13 +290,14 @@ class Coordinator:
 
     # ---- devices and anyone ------------------------------------------------------------
 
-    def submit(self, session: int, round: int, x: np.ndarray) -> Any:
-        """Submit x_i (kW, length T) for the round; rounded to 1e-9 kW. Returns the receipt."""
+    def submit(self, session: int, round: int, x: np.ndarray, wait: bool = True) -> Any:
+        """Submit x_i (kW, length T) for the round; rounded to 1e-9 kW. Returns the receipt
+        (or, with wait=False, a PendingTx whose receipt() waits)."""
         x = np.asarray(x, dtype=float)
         n = self._session_size(session)
         fn = self.contract.functions.submit(session, round, fp.pack_kw(x))
         return self._transact(fn, f"submit(session={session}, round={round})",
-                              gas=close_gas_bound(max(n, 1), x.shape[0]))
+                              gas=close_gas_bound(max(n, 1), x.shape[0]), wait=wait)
 
     def topics(self, *events: str) -> list[str]:
         """Log topics (event signature hashes) of the named events, for subscriptions."""
@@ -441,8 +457,8 @@ class Coordinator:
     def _slots(self, session: int) -> int:
         return int(self.contract.functions.slots_of(session).call())
 
-    def _transact(self, fn: Any, what: str, gas: int | None = None) -> Any:
+    def _transact(self, fn: Any, what: str, gas: int | None = None, wait: bool = True) -> Any:
         if self.account is None:
             raise CoordinatorError(what, "this Coordinator client has no account to sign with")
         tx = {"to": self.address, "data": fn._encode_transaction_data()}
-        return send_tx(self.w3, self.account, tx, what, gas=gas)
+        return send_tx(self.w3, self.account, tx, what, gas=gas, wait=wait)

@@ -58,9 +58,11 @@ def run(run_dir: Path, node: str, device_ids: list[str], poll_s: float = 0.25) -
         while True:
             cur = coord.current()
             if cur is not None and cur.session == session:
-                for agent in agents:
-                    res = agent.step(cur)
-                    if res is not None:
+                # all of this process's devices send first, then wait: the round closes as
+                # soon as the last submission anywhere is mined
+                sent = [(a, r) for a in agents if (r := a.step(cur)) is not None]
+                for agent, res in sent:
+                    if agent.confirm(res):
                         log.info("%s: round %d submitted (solve %.1f ms)", agent.spec.id,
                                  res.round, 1e3 * res.solve_s)
             elif coord.is_finalized(session):

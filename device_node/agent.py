@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from eth_account.signers.local import LocalAccount
 
-from aggregator_contract.client import Coordinator, CoordinatorError, CurrentVars
+from aggregator_contract.client import Coordinator, CoordinatorError, CurrentVars, PendingTx
 from device_node.local_step import LocalProblem
 from lab.scenario import DeviceSpec
 from mqtt_bridge.plan import on_off_plan, plan_to_words, required_on_slots
@@ -33,6 +33,7 @@ class StepResult:
     session: int
     round: int
     solve_s: float
+    pending: PendingTx  # the submission, sent; confirm() waits for it
 
 
 class DeviceAgent:
@@ -51,7 +52,8 @@ class DeviceAgent:
         return self.account.address
 
     def step(self, cur: CurrentVars) -> StepResult | None:
-        """Submit for the open round unless this agent already has; None when nothing to do."""
+        """Solve and send (not wait for) this round's submission unless already done; None
+        when there is nothing to do."""
         key = (cur.session, cur.round)
         if self._done == key:
             return None
@@ -60,16 +62,23 @@ class DeviceAgent:
             return None
         v = self._x_prev(cur) - cur.xbar + cur.zbar - cur.u
         x = self.problem.solve(v, cur.rho)
+        pending = self.coordinator.submit(cur.session, cur.round, x, wait=False)
+        self._sent = (cur.session, cur.round, self.coordinator.rounded(x))
+        self._done = key
+        return StepResult(cur.session, cur.round, self.problem.solve_times[-1], pending)
+
+    def confirm(self, res: StepResult) -> bool:
+        """Wait for a step's transaction. False when the contract refused it because the
+        round had moved on (a deadline advance); any other refusal raises."""
         try:
-            self.coordinator.submit(cur.session, cur.round, x)
-            self._sent = (cur.session, cur.round, self.coordinator.rounded(x))
+            res.pending.receipt()
+            return True
         except CoordinatorError as e:
-            # Another path closed the round first (deadline advance): the next read tells.
+            self._sent = None  # not taken: read x_i back from the chain next round
             if "round" not in str(e):
                 raise
-            log.warning("%s: submission for round %d refused: %s", self.spec.id, cur.round, e)
-        self._done = key
-        return StepResult(cur.session, cur.round, self.problem.solve_times[-1])
+            log.warning("%s: submission for round %d refused: %s", self.spec.id, res.round, e)
+            return False
 
     def _x_prev(self, cur: CurrentVars) -> np.ndarray:
         """x_i as the contract holds it. Our own last submission when it was for the round
