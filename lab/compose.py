@@ -1,21 +1,29 @@
 """The lab on Docker Compose: the same processes as the local runtime, in containers.
 
-    RUN/docker-compose.yml   generated per run from the scenario (generate_compose)
+    RUN/docker-compose.yml   generated per run from the scenario (generate)
     RUN/compose/shared/      genesis.json, and lab.json once the session is open (read-only
                              in every container)
-    RUN/compose/mosquitto.conf
+    RUN/compose/podman.sock  podman's Docker API, when the lab started one (no engine answered)
 
-Services (one private bridge network with fixed addresses, so every enode is known before
-any container starts and geth never resolves a name that does not exist yet):
+The chain's files come from chain.network.Network.create, the local runtime's code, with the
+nodes' addresses on the compose network (one private bridge network with fixed addresses, so
+every enode is known before any container starts). Services:
 
-    signer0..    geth image; its datadir, its keystore password; RPC/WS published on
-                 127.0.0.1 only (the orchestrator deploys and follows rounds through it)
+    signer0..    geth image; its datadir and keystore password; RPC/WS published on
+                 127.0.0.1 only (the orchestrator deploys and follows rounds through it, and
+                 the MQTT bridge reads the day from it)
     node-<dev>   device image, `python -m lab.container_entry`: its geth node + the device
                  process (`python -m device_node`, the local runtime's entry); mounts its
                  datadir, its devices' payloads and keys and nothing else; no published port
-    broker       mosquitto, published on 127.0.0.1 only
-    bridge       (when given a command) the MQTT bridge, in signer0's network namespace so
-                 the 127.0.0.1 URLs of network.json reach signer0
+
+The MQTT side (broker, emulators, bridge) stays local processes in both runtimes
+(Lab.start_mqtt): the bridge reads the chain through signer0's published loopback RPC, so
+its output is the same as in the local runtime.
+
+Start order, as in chain/network.py: signers, one new block (a non-mining geth only syncs
+from a peer ahead of it and discards propagated blocks until it has synced once), then the
+device containers, whose members run with --maxpeers = their neighbour count and dial the
+signers and their ring neighbours (static nodes; no admin API inside containers).
 
 Inside every container the URLs of network.json (http://127.0.0.1:PORT) are the
 container's own node, so device processes run unchanged. Each node keeps the distinct ports
@@ -34,7 +42,6 @@ import ipaddress
 import json
 import os
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
@@ -42,14 +49,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
-from eth_keys import keys as eth_keys
-from eth_utils import to_checksum_address
 
-from chain import genesis as gen
 from chain import keys
-from chain.geth import NodeSpec, node_command, static_nodes_toml
-from chain.network import MEMBER, SIGNER, NodeInfo, _free_ports, _link, rpc
+from chain.geth import NodeSpec, node_command
+from chain.network import MEMBER, SIGNER, Network, NodeInfo, advance_head, max_peers, rpc
 
 LABEL = "energy-chain-lab.run"
 IN = Path("/lab")  # the run folder's path inside containers
@@ -103,7 +108,6 @@ class ComposeChain:
     """The nodes of a run with their addresses on the compose network."""
 
     nodes: dict[str, NodeInfo]
-    ips: dict[str, str]
     subnet: str
     groups: dict[str, list[str]]  # member node -> device ids
 
@@ -112,6 +116,9 @@ class ComposeChain:
 
     def members(self) -> list[str]:
         return [n for n, i in self.nodes.items() if i.role == MEMBER]
+
+    def ip(self, name: str) -> str:
+        return self.nodes[name].host
 
 
 def choose_subnet(project: str, used: list[str]) -> str:
@@ -123,6 +130,20 @@ def choose_subnet(project: str, used: list[str]) -> str:
         if not any(net.overlaps(t) for t in taken):
             return str(net)
     raise ComposeError(f"no free /24 in {SUBNET_POOL} for the compose network")
+
+
+def engine_is_podman(docker_host: str | None) -> bool:
+    """True when the Docker API at docker_host is podman's."""
+    try:
+        import docker
+
+        client = (docker.DockerClient(base_url=docker_host) if docker_host
+                  else docker.from_env())
+        with contextlib.closing(client):
+            parts = client.version().get("Components") or []
+            return any("podman" in str(c.get("Name", "")).lower() for c in parts)
+    except Exception:  # noqa: BLE001 - not answering: not podman as far as we know
+        return False
 
 
 def used_subnets(docker_host: str | None) -> list[str]:
@@ -145,61 +166,33 @@ def used_subnets(docker_host: str | None) -> list[str]:
 
 def prepare_chain(run_dir: Path, groups: dict[str, list[str]], signers: int, period: int,
                   fund: list[str], subnet: str) -> ComposeChain:
-    """Keys, genesis, node keys, static-peer configs and chain/network.json for a compose
-    network: the local runtime's layout (chain/network.py), with enodes on the network's
-    fixed addresses and datadirs as seen inside the containers."""
+    """Keys, genesis, node keys, peer configs and chain/network.json for a compose network:
+    chain.network.Network.create (the local runtime's code) with enodes on the network's
+    fixed addresses, datadirs as seen inside the containers, and members dialing their ring
+    neighbours themselves."""
     run_dir = Path(run_dir)
-    gen.validate_signers(signers, period)
-    signer_names = [f"{SIGNER}{i}" for i in range(signers)]
-    member_names = list(groups)
-    names = signer_names + member_names
+    if signers != 1:
+        # several signers start sealing only once peered (miner_start over the admin-only
+        # RPC, chain/network.py); containers serve no admin/miner API
+        raise ComposeError(f"chain.signers: {signers}: the compose runtime runs one signer; "
+                           "use RUNTIME=local for several signers")
+    names = [f"{SIGNER}{i}" for i in range(signers)] + list(groups)
     hosts = list(ipaddress.ip_network(subnet).hosts())
     if FIRST_HOST + len(names) >= len(hosts):
         raise ComposeError(f"{len(names)} nodes do not fit in {subnet}; group devices "
                            "(chain.nodes: per_group)")
     ips = {n: str(hosts[FIRST_HOST - 1 + k]) for k, n in enumerate(names)}
-    accts = {n: keys.ensure_signer(run_dir, n) for n in signer_names}
-    genesis = gen.make_genesis([a.address for a in accts.values()],
-                               [to_checksum_address(a) for a in fund], period)
+    net = Network.create(run_dir, list(groups), signers, period, fund, host=ips.__getitem__,
+                         datadir_root=IN / "chain" / "nodes", dial_members=True,
+                         extra={"runtime": "compose", "subnet": subnet})
     shared = run_dir / "compose" / "shared"
     shared.mkdir(parents=True, exist_ok=True)
-    gen.write_genesis(run_dir / "chain" / "genesis.json", genesis)
-    gen.write_genesis(shared / "genesis.json", genesis)
-    ports = iter(_free_ports(4 * len(names)))
-    nodes: dict[str, NodeInfo] = {}
-    for name in names:
-        datadir = run_dir / "chain" / "nodes" / name
-        (datadir / "geth").mkdir(parents=True, exist_ok=True)
-        key = eth_keys.PrivateKey(secrets.token_bytes(32))
-        (datadir / "geth" / "nodekey").write_text(key.to_bytes().hex())
-        p2p, http, ws, auth = (next(ports) for _ in range(4))
-        acct = accts.get(name)
-        nodes[name] = NodeInfo(
-            name=name, role=SIGNER if acct else MEMBER,
-            datadir=str(IN / "chain" / "nodes" / name),
-            p2p_port=p2p, http_port=http, ws_port=ws, authrpc_port=auth,
-            enode=f"enode://{key.public_key.to_hex()[2:]}@{ips[name]}:{p2p}",
-            signer_address=acct.address if acct else None,
-            log=str(run_dir / "logs" / f"geth-{name}.log"))
-        if acct:
-            (datadir / "keystore").mkdir(exist_ok=True)
-            (datadir / "keystore" / f"{name}.json").write_text(
-                keys.signer_path(run_dir, name).read_text())
-    _link(nodes, signer_names, member_names)
-    for n in nodes.values():
-        neigh = [nodes[m].enode for m in n.neighbours]
-        (run_dir / "chain" / "nodes" / n.name / "config.toml").write_text(
-            static_nodes_toml(neigh, neigh))
-    data = {"chain_id": gen.CHAIN_ID, "period": period, "runtime": "compose",
-            "subnet": subnet, "nodes": []}
-    for n in nodes.values():
-        data["nodes"].append({**dataclasses.asdict(n), "http_url": n.http_url,
-                              "ws_url": n.ws_url, "ip": ips[n.name]})
-    (run_dir / "chain" / "network.json").write_text(json.dumps(data, indent=2) + "\n")
-    return ComposeChain(nodes, ips, subnet, dict(groups))
+    shutil.copyfile(run_dir / "chain" / "genesis.json", shared / "genesis.json")
+    (shared / "genesis.json").chmod(0o644)
+    return ComposeChain(net.nodes, subnet, dict(groups))
 
 
-def geth_argv(info: NodeInfo, maxpeers: int) -> list[str]:
+def geth_argv(info: NodeInfo, n_nodes: int) -> list[str]:
     """geth's command line inside a container (chain/geth.py, listening on all addresses of
     the container; only what compose publishes is reachable from the host)."""
     d = Path(info.datadir)
@@ -207,8 +200,8 @@ def geth_argv(info: NodeInfo, maxpeers: int) -> list[str]:
     spec = NodeSpec(name=info.name, datadir=d, p2p_port=info.p2p_port,
                     http_port=info.http_port, ws_port=info.ws_port,
                     authrpc_port=info.authrpc_port, config=d / "config.toml",
-                    signer=info.signer_address, password_file=pw, maxpeers=maxpeers,
-                    addr="0.0.0.0")
+                    signer=info.signer_address, password_file=pw,
+                    maxpeers=max_peers(info, n_nodes), addr="0.0.0.0")
     return node_command(Path("geth"), spec)
 
 
@@ -219,34 +212,36 @@ def geth_argv(info: NodeInfo, maxpeers: int) -> list[str]:
 class Images:
     geth: str
     device: str
-    project: str
-    mosquitto: str
 
 
 def _vol(src: Path, dst: Path, ro: bool = True) -> str:
     return f"{Path(src).resolve()}:{dst}" + (":ro" if ro else "")
 
 
-def generate(run_dir: Path, chain: ComposeChain, images: Images, broker_port: int,
-             bridge_argv: list[str] | None = None, user: str | None = None) -> dict[str, Any]:
+def generate(run_dir: Path, chain: ComposeChain, images: Images,
+             user: str | None = None, podman: bool = False) -> dict[str, Any]:
     """The compose file of a run as a dict (compose file format 3.8: accepted by
-    docker-compose 1.29 and Compose v2)."""
+    docker-compose 1.29 and Compose v2). podman: the engine is podman's Docker API, which
+    reports IPAM option driver=host-local; declared here, else docker-compose 1.29 refuses
+    a second `up` ("network needs to be recreated")."""
+    ipam: dict[str, Any] = {"config": [{"subnet": chain.subnet}]}
+    if podman:
+        ipam = {"driver": "default", "options": {"driver": "host-local"}, **ipam}
     run_dir = Path(run_dir).resolve()
     project = project_name(run_dir)
     user = user or f"{os.getuid()}:{os.getgid()}"
     labels = {LABEL: str(run_dir)}
-    maxpeers = max(50, 3 * len(chain.nodes))
+    n_nodes = len(chain.nodes)
     shared = _vol(run_dir / "compose" / "shared", IN / "shared")
     netjson = _vol(run_dir / "chain" / "network.json", IN / "chain" / "network.json")
     logs = _vol(run_dir / "logs", IN / "logs", ro=False)
     services: dict[str, Any] = {}
     for name in chain.signers():
         info = chain.nodes[name]
-        argv = geth_argv(info, maxpeers)
         d = info.datadir
         script = (f"test -d {d}/geth/chaindata || geth init --datadir {d} --state.scheme hash "
                   f"{IN}/shared/genesis.json >>{IN}/logs/geth-{name}.log 2>&1 && exec "
-                  + shlex.join(argv) + f" >>{IN}/logs/geth-{name}.log 2>&1")
+                  + shlex.join(geth_argv(info, n_nodes)) + f" >>{IN}/logs/geth-{name}.log 2>&1")
         services[service_name(name)] = {
             "image": images.geth, "user": user, "labels": labels,
             "entrypoint": ["/bin/sh", "-c", script],
@@ -256,7 +251,7 @@ def generate(run_dir: Path, chain: ComposeChain, images: Images, broker_port: in
                              IN / "keys" / "signers" / f"{name}.pass")],
             "ports": [f"127.0.0.1:{info.http_port}:{info.http_port}",
                       f"127.0.0.1:{info.ws_port}:{info.ws_port}"],
-            "networks": {"lab": {"ipv4_address": chain.ips[name]}},
+            "networks": {"lab": {"ipv4_address": chain.ip(name)}},
             "stop_grace_period": "20s",
         }
     for name in chain.members():
@@ -273,35 +268,18 @@ def generate(run_dir: Path, chain: ComposeChain, images: Images, broker_port: in
             cmd += ["--device", d]
         services[service_name(name)] = {
             "image": images.device, "user": user, "labels": labels,
-            "command": [*cmd, "--", *geth_argv(info, maxpeers)],
+            "command": [*cmd, "--", *geth_argv(info, n_nodes)],
             "volumes": vols,
-            "networks": {"lab": {"ipv4_address": chain.ips[name]}},
+            "networks": {"lab": {"ipv4_address": chain.ip(name)}},
             "depends_on": [service_name(s) for s in chain.signers()],
             "stop_grace_period": "20s",
-        }
-    services["broker"] = {
-        "image": images.mosquitto, "labels": labels,
-        "command": ["mosquitto", "-c", "/etc/lab-mosquitto.conf"],
-        "volumes": [_vol(run_dir / "compose" / "mosquitto.conf", "/etc/lab-mosquitto.conf")],
-        "ports": [f"127.0.0.1:{broker_port}:1883"],
-        "networks": ["lab"],
-    }
-    if bridge_argv:
-        first = service_name(chain.signers()[0])
-        services["bridge"] = {
-            "image": images.project, "user": user, "labels": labels,
-            "command": bridge_argv,
-            "volumes": [shared, netjson, logs],
-            # signer0's network namespace: network.json's 127.0.0.1 URLs reach signer0
-            "network_mode": f"service:{first}",
-            "depends_on": [first, "broker"],
         }
     return {
         "version": "3.8",
         "services": services,
         "networks": {"lab": {
             "name": project, "driver": "bridge", "labels": labels,
-            "ipam": {"config": [{"subnet": chain.subnet}]},
+            "ipam": ipam,
         }},
     }
 
@@ -315,13 +293,9 @@ class _NoAliases(yaml.SafeDumper):
 
 def write_compose(run_dir: Path, spec: dict[str, Any]) -> Path:
     run_dir = Path(run_dir)
-    (run_dir / "compose").mkdir(parents=True, exist_ok=True)
-    conf = run_dir / "compose" / "mosquitto.conf"
-    conf.write_text("listener 1883 0.0.0.0\nallow_anonymous true\npersistence false\n")
-    conf.chmod(0o644)
     path = run_dir / "docker-compose.yml"
     path.write_text(f"# generated by lab/compose.py for {run_dir.name}; "
-                    "`lab down` removes what it starts\n"
+                    "`make down` (lab down) removes what it starts\n"
                     + yaml.dump(spec, Dumper=_NoAliases, sort_keys=False, width=10_000))
     return path
 
@@ -329,9 +303,14 @@ def write_compose(run_dir: Path, spec: dict[str, Any]) -> Path:
 # -- running it --------------------------------------------------------------------------
 
 
+def _run_podman_socket(run_dir: Path) -> str:
+    return f"unix://{(Path(run_dir) / 'compose' / 'podman.sock').resolve()}"
+
+
 @dataclasses.dataclass
 class ComposeProject:
-    """docker-compose (or `docker compose`) on one run's file, against DOCKER_HOST."""
+    """docker-compose (or `docker compose`) on one run's file, against an engine: docker_host,
+    else the run's own podman service when it answers, else $DOCKER_HOST / the default."""
 
     run_dir: Path
     docker_host: str | None = None
@@ -364,12 +343,35 @@ class ComposeProject:
         self.run("up", "-d", "--no-build", *services)
 
     def down(self, volumes: bool = True) -> None:
-        self.run("down", "--remove-orphans", "--timeout", "20",
-                 *(["--volumes"] if volumes else []))
+        """Remove the run's containers and network (and podman's exec leftovers). Without
+        docker_host (`lab down` after a crash), finds the engine: the run's podman socket,
+        else the default engine, else a podman service started for this call and stopped
+        after; the run's own podman service is stopped too."""
+        from lab import images as img
+
+        temp: img.PodmanService | None = None
+        if self.docker_host is None:
+            if img.engine_answers(_run_podman_socket(self.run_dir)):
+                self.docker_host = _run_podman_socket(self.run_dir)
+            elif not img.engine_answers() and shutil.which("podman"):
+                temp = img.PodmanService(Path(self.run_dir) / "compose" / "down")
+                self.docker_host = temp.start()
+        try:
+            ids = self.container_ids()
+            self.run("down", "--remove-orphans", "--timeout", "20",
+                     *(["--volumes"] if volumes else []))
+            reap_conmon(ids)
+        finally:
+            if temp is not None:
+                temp.stop()
+            stop_run_podman(self.run_dir)
 
     def container_ids(self) -> list[str]:
         p = self.run("ps", "-q", check=False)
         return [c for c in (p.stdout or "").split() if c]
+
+    def exec(self, service: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.run("exec", "-T", service, *argv, check=False, timeout=timeout)
 
     def save_logs(self) -> None:
         p = self.run("logs", "--no-color", check=False)
@@ -392,9 +394,33 @@ class ComposeProject:
             }
 
 
-def wait_chain(chain: ComposeChain, timeout: float = 120.0) -> None:
-    """Until every signer answers on its published RPC port and is peered with all its
-    neighbours (members are not reachable from the host; their own entry waits for them)."""
+def stop_run_podman(run_dir: Path) -> bool:
+    """Stop the podman service a run started (pid in RUN/pids.json, checked to be podman
+    serving this run's socket). True if one was stopped."""
+    import psutil
+
+    pids = Path(run_dir) / "pids.json"
+    try:
+        pid = json.loads(pids.read_text()).get("podman-service")
+        proc = psutil.Process(pid)
+        mine = str((Path(run_dir) / "compose" / "podman.sock").resolve()) in " ".join(
+            proc.cmdline())
+    except (OSError, ValueError, TypeError, psutil.Error):
+        return False
+    if not mine:
+        return False
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except psutil.TimeoutExpired:
+        proc.kill()
+    (Path(run_dir) / "compose" / "podman.sock").unlink(missing_ok=True)
+    return True
+
+
+def wait_signers(chain: ComposeChain, peers: bool, timeout: float = 120.0) -> None:
+    """Until every signer answers on its published RPC port and, if peers, is peered with all
+    its neighbours (every member dials the signers)."""
     deadline = time.monotonic() + timeout
     pending = ""
     while time.monotonic() < deadline:
@@ -402,16 +428,16 @@ def wait_chain(chain: ComposeChain, timeout: float = 120.0) -> None:
         for name in chain.signers():
             info = chain.nodes[name]
             try:
-                peers = int(rpc(info.http_url, "net_peerCount", timeout=2), 16)
+                have = int(rpc(info.http_url, "net_peerCount", timeout=2), 16)
             except OSError as e:
                 pending = f"{name}: no RPC on {info.http_url} ({e})"
                 break
-            if peers < len(info.neighbours):
-                pending = f"{name} has {peers}/{len(info.neighbours)} peers"
+            if peers and have < len(info.neighbours):
+                pending = f"{name} has {have}/{len(info.neighbours)} peers"
                 break
         if not pending:
             return
-        time.sleep(0.3)
+        time.sleep(0.2)
     raise ComposeError(f"compose chain not ready after {timeout:.0f} s: {pending}")
 
 
@@ -426,18 +452,23 @@ class _NameList(list):
 
 
 class ComposeNetwork:
-    """What the orchestrator needs of chain.network.Network, for nodes in containers: the
-    nodes reachable from the host (the signers, on their published loopback ports)."""
+    """What the orchestrator needs of chain.network.Network, for nodes in containers. All
+    nodes are listed (the summary counts them); only the signers are reachable from the host
+    (published loopback ports), members are asked inside their containers."""
 
     def __init__(self, chain: ComposeChain) -> None:
         self.chain = chain
-        self.nodes = {n: chain.nodes[n] for n in chain.signers()}
+        self.nodes = dict(chain.nodes)
         self.signers = _NameList(chain.signers())
 
     def http_url(self, name: str) -> str:
+        if name not in self.signers:
+            raise ComposeError(f"node {name} runs in a container; its RPC is not published")
         return self.chain.nodes[name].http_url
 
     def ws_url(self, name: str) -> str:
+        if name not in self.signers:
+            raise ComposeError(f"node {name} runs in a container; its RPC is not published")
         return self.chain.nodes[name].ws_url
 
     def stop(self) -> None:  # containers are stopped by ComposeLab.stop
@@ -451,20 +482,21 @@ def _lab_base():
 
 
 class ComposeLab(_lab_base()):
-    """lab.orchestrator.Lab with its processes in containers: replaces start_chain(),
-    start_devices(), read_schedule()'s per-node check and stop(); deploy, rounds and results
-    are the local runtime's code."""
+    """lab.orchestrator.Lab with its chain and device processes in containers: replaces
+    start_chain(), start_devices(), read_schedule()'s per-node check and stop(), and
+    publishes the session to the containers after deploy(); deploy, rounds, results and
+    MQTT are the local runtime's code."""
 
     runtime = "compose"
 
     def __init__(self, scenario, run, out=None, images: Images | None = None,
-                 docker_host: str | None = None, keep_podman: bool = False) -> None:
+                 docker_host: str | None = None) -> None:
         import sys
 
         super().__init__(scenario, run, out or sys.stderr)
         from lab import images as img
 
-        self.images = images or Images(**img.offline_images())
+        self.images = images or Images(**img.compose_images())
         self.docker_host = docker_host
         self.podman: img.PodmanService | None = None
         self.project: ComposeProject | None = None
@@ -486,84 +518,112 @@ class ComposeLab(_lab_base()):
         return self.docker_host
 
     def start_chain(self) -> None:
-        from mqtt_bridge.broker import free_port
-
         s = self.scenario
         t = time.monotonic()
         host = self._engine()
         self.say(f"compose: {s.chain.signers} signer(s), period {s.chain.period}, "
                  f"{len(self.groups)} device containers, engine {host or 'default'} ...")
-        project = project_name(self.run.path)
-        subnet = choose_subnet(project, used_subnets(host))
+        subnet = choose_subnet(project_name(self.run.path), used_subnets(host))
         fund = [self.operator.address, *(a.address for a in self.accounts.values())]
         self.chain = prepare_chain(self.run.path, self.groups, s.chain.signers, s.chain.period,
                                    fund, subnet)
-        self.broker_port = free_port()
         write_compose(self.run.path, generate(self.run.path, self.chain, self.images,
-                                              self.broker_port))
+                                              podman=engine_is_podman(host)))
         self.project = ComposeProject(self.run.path, host)
-        t_up = time.monotonic()
+        signers = self.chain.signers()
+        self.project.up(*map(service_name, signers))
+        wait_signers(self.chain, peers=False)
+        first = self.chain.nodes[signers[0]]
+        # members start once the signer's head moved past theirs: they sync in the handshake
+        advance_head(first.http_url, keys.signer_path(self.run.path, first.name),
+                     s.chain.period, 60, f"{first.name} (log {first.log})")
         self.project.up()
-        self.timings["compose_up_s"] = time.monotonic() - t_up
-        wait_chain(self.chain)
+        wait_signers(self.chain, peers=True)
         self.network = ComposeNetwork(self.chain)
+        self.wait_members_at(int(rpc(first.http_url, "eth_blockNumber"), 16), 60)
         self.timings["chain_start_s"] = time.monotonic() - t
+
+    def deploy(self) -> None:
+        super().deploy()
+        self._publish_session()  # devices start while the MQTT side starts (a few s early)
 
     def start_devices(self) -> None:
         """The device containers run since start_chain; their entry starts the device
-        process once lab.json is in shared/ (it holds no key, only public facts)."""
-        lab = self.run.read_json("lab.json")
-        lab["runtime"] = "compose"
-        self.run.write_json("lab.json", lab)
+        process once lab.json is in shared/ (published at the end of deploy)."""
+        self._publish_session()
+
+    def _publish_session(self) -> None:
+        """lab.json (contract, session, public addresses: no key) into shared/."""
         target = self.run.path / "compose" / "shared" / "lab.json"
         tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(lab, indent=2, sort_keys=True))
+        tmp.write_text(json.dumps(self.run.read_json("lab.json"), indent=2, sort_keys=True))
         tmp.chmod(0o644)
         tmp.replace(target)
 
-    def member_heads(self, block: int) -> dict[str, str]:
-        """Each member node's hash of `block`, asked inside its container."""
-        out = {}
-        for name in self.chain.members():
+    def member_hashes(self, block: int) -> dict[str, str]:
+        """Each member node's hash of `block` (None: it does not have it), asked inside its
+        container (members publish no port), in parallel."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def ask(name: str) -> str | None:
             url = self.chain.nodes[name].http_url
-            code = ("from chain.network import rpc; "
-                    f"print(rpc('{url}', 'eth_getBlockByNumber', ['{hex(block)}', False])"
-                    "['hash'])")
-            p = self.project.run("exec", "-T", service_name(name), "python", "-c", code,
-                                 check=False, timeout=60)
-            out[name] = p.stdout.strip() if p.returncode == 0 else f"error: {p.stderr[-200:]}"
-        return out
+            code = ("import json; from chain.network import rpc; "
+                    f"b = rpc('{url}', 'eth_getBlockByNumber', ['{hex(block)}', False]); "
+                    "print(json.dumps(b and b['hash']))")
+            p = self.project.exec(service_name(name), "python", "-c", code)
+            if p.returncode != 0:
+                return f"error: {(p.stderr or '')[-300:]}"
+            return json.loads(p.stdout.strip().splitlines()[-1])
+
+        members = self.chain.members()
+        with ThreadPoolExecutor(max_workers=min(8, len(members) or 1)) as pool:
+            return dict(zip(members, pool.map(ask, members), strict=True))
+
+    def wait_members_at(self, block: int, timeout: float) -> None:
+        """Until every member node has the signer's `block` (same hash)."""
+        want = rpc(self.chain.nodes[self.chain.signers()[0]].http_url,
+                   "eth_getBlockByNumber", [hex(block), False])["hash"]
+        deadline = time.monotonic() + timeout
+        while True:
+            differs = {n: h for n, h in self.member_hashes(block).items() if h != want}
+            if not differs:
+                return
+            if time.monotonic() > deadline:
+                raise ComposeError(f"member nodes do not have block {block} ({want}) after "
+                                   f"{timeout:.0f} s: {differs}")
+            time.sleep(0.5)
 
     def read_schedule(self):
-        x, meta = super().read_schedule()
-        block = int(meta["block"])
-        want = rpc(self.chain.nodes[self.chain.signers()[0]].http_url, "eth_getBlockByNumber",
-                   [hex(block), False])["hash"]
-        deadline = time.monotonic() + 30
-        while True:
-            heads = self.member_heads(block)
-            differs = {n: h for n, h in heads.items() if h != want}
-            if not differs:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"member nodes {sorted(differs)} do not have the "
-                                   f"finalization block {block} ({want})")
-            time.sleep(1)
-        meta["nodes_agreeing"] = len(self.chain.nodes)
-        return x, meta
+        """The final schedule from the chain, checked equal on every node: each signer's
+        schedule, and every member's hash of the finalization block (same block hash, same
+        state)."""
+        from aggregator_contract.client import Coordinator, connect
+
+        addresses = [self.accounts[d.id].address for d in self.scenario.devices]
+        per_node = {}
+        for name in self.chain.signers():
+            c = Coordinator(connect(self.chain.nodes[name].http_url), self.coordinator.address)
+            sched = c.wait_finalized(self.session, timeout=30)
+            per_node[name] = np.array([sched.x[a] for a in addresses])
+        ref = per_node[self.chain.signers()[0]]
+        differs = [n for n, x in per_node.items() if not np.array_equal(x, ref)]
+        if differs:
+            raise RuntimeError(f"nodes {differs} disagree on the final schedule")
+        final = self.coordinator.schedule(self.session)
+        self.wait_members_at(int(final.block), 30)
+        return ref, {"converged": final.converged, "round": final.round,
+                     "block": final.block, "timestamp": final.timestamp,
+                     "nodes_agreeing": len(self.chain.nodes)}
 
     def stop(self) -> None:
-        ids: list[str] = []
         try:
             if self.project is not None:
                 with contextlib.suppress(Exception):
-                    ids = self.project.container_ids()
                     self.project.save_logs()
                 self.project.down()
         finally:
             if self.podman is not None:
                 self.podman.stop()
-                reap_conmon(ids)
             super().stop()
 
 

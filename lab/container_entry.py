@@ -48,7 +48,7 @@ class Entry:
         self.logs = run_dir / "logs"
 
     def say(self, msg: str) -> None:
-        print(f"[{self.node}] {msg}", flush=True)
+        print(f"{time.strftime('%T')} [{self.node}] {msg}", flush=True)
 
     def _log(self, name: str):
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -92,11 +92,17 @@ class Entry:
     def wait_session(self, url: str) -> bool:
         """Until lab.json is there and this node has the contract's deploy block."""
         lab_file = self.run_dir / "shared" / "lab.json"
+        seen = False
         while not self.stopping:
             self._check_geth()
             try:
                 lab = json.loads(lab_file.read_text())
-                if int(rpc(url, "eth_blockNumber"), 16) >= int(lab["deploy_block"]):
+                head = int(rpc(url, "eth_blockNumber"), 16)
+                if not seen:
+                    seen = True
+                    self.say(f"session open (deploy block {lab['deploy_block']}); "
+                             f"node at block {head}")
+                if head >= int(lab["deploy_block"]):
                     return True
             except (OSError, ValueError, KeyError):
                 pass

@@ -1,17 +1,17 @@
 """Container images of the lab, and podman as a Docker engine on machines without one.
 
-Three Dockerfiles (docker/), each with its base images as build arguments so the same files
-build from a registry (users) or from local images (machines with no registry):
+Dockerfiles (docker/), with their base images as build arguments so the same files build
+from a registry (users: the top-level docker-compose.yml) or from local images (machines with
+no registry):
 
-    docker/Dockerfile         project image: python + requirements.lock + the lab packages
+    docker/Dockerfile         target project: python + requirements.lock + the lab packages;
+                              target device: project + geth (a device's node + optimizer)
     docker/geth.Dockerfile    geth node image (GETH_IMAGE, ethereum/client-go:v1.13.15)
-    docker/device.Dockerfile  a device container: project image + geth (its node + optimizer)
 
 Offline (`python -m lab.images build-offline`, DESIGN.md / shared/CONTAINERS.md):
 
     debootstrap --variant=minbase bookworm  ->  podman import  ->  localhost/ecl-debian:bookworm
-        (python3, python3-venv, mosquitto, ca-certificates: stands in for python:3.11-slim
-         and eclipse-mosquitto:2)
+        (python3, python3-venv, ca-certificates: stands in for python:3.11-slim)
     docker/geth-local.Dockerfile: that base + tools/bin/geth  ->  stands in for client-go
     then the three Dockerfiles above with those images as build arguments.
 
@@ -45,11 +45,10 @@ PROJECT_IMAGE = os.environ.get("LAB_PROJECT_IMAGE", "localhost/energy-chain-lab:
 GETH_NODE_IMAGE = os.environ.get("LAB_GETH_IMAGE", "localhost/energy-chain-lab-geth:v1.13.15")
 DEVICE_IMAGE = os.environ.get("LAB_DEVICE_IMAGE", "localhost/energy-chain-lab-device:latest")
 # upstream bases (users) and their offline stand-ins (built here)
-UPSTREAM = {"python": "python:3.11-slim", "geth": "ethereum/client-go:v1.13.15",
-            "mosquitto": "eclipse-mosquitto:2"}
+UPSTREAM = {"python": "python:3.11-slim", "geth": "ethereum/client-go:v1.13.15"}
 OFFLINE_BASE = "localhost/ecl-debian:bookworm"
 OFFLINE_GETH = "localhost/ecl-geth-local:v1.13.15"
-DEBIAN_PACKAGES = ("python3", "python3-venv", "mosquitto", "ca-certificates")
+DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 DEBIAN_MIRROR = os.environ.get("LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # what the project image needs from the repository (a staged build context keeps .venv,
 # runs/ and build/ out of it, with or without a .dockerignore)
@@ -246,12 +245,13 @@ def host_pip_settings() -> tuple[list[str], dict[str, str]]:
 
 
 def build(podman: Podman, dockerfile: str, tag: str, context: Path,
-          args: dict[str, str]) -> float:
+          args: dict[str, str], target: str | None = None) -> float:
     t = time.monotonic()
     volumes, pip_args = host_pip_settings()
     args = {**pip_args, **args}
     argv = ["build", "--network", "host", *volumes,
-            "-f", str(context / "docker" / dockerfile), "-t", tag]
+            "-f", str(context / "docker" / dockerfile), "-t", tag,
+            *(["--target", target] if target else [])]
     for k, v in args.items():
         argv += ["--build-arg", f"{k}={v}"]
     podman.run(*argv, str(context))
@@ -272,30 +272,31 @@ def build_offline(force: bool = False, podman: Podman | None = None,
     with tempfile.TemporaryDirectory(prefix="ecl-context-") as tmp:
         ctx = stage_context(Path(tmp) / "ctx")
         steps = [
-            (OFFLINE_GETH, "geth-local.Dockerfile", {"BASE_IMAGE": OFFLINE_BASE}),
-            (GETH_NODE_IMAGE, "geth.Dockerfile", {"GETH_IMAGE": OFFLINE_GETH}),
-            (PROJECT_IMAGE, "Dockerfile", {"BASE_IMAGE": OFFLINE_BASE}),
-            (DEVICE_IMAGE, "device.Dockerfile",
-             {"PROJECT_IMAGE": PROJECT_IMAGE, "GETH_IMAGE": OFFLINE_GETH}),
+            (OFFLINE_GETH, "geth-local.Dockerfile", None, {"BASE_IMAGE": OFFLINE_BASE}),
+            (GETH_NODE_IMAGE, "geth.Dockerfile", None, {"GETH_IMAGE": OFFLINE_GETH}),
+            (PROJECT_IMAGE, "Dockerfile", "project",
+             {"BASE_IMAGE": OFFLINE_BASE, "GETH_IMAGE": OFFLINE_GETH}),
+            (DEVICE_IMAGE, "Dockerfile", "device",
+             {"BASE_IMAGE": OFFLINE_BASE, "GETH_IMAGE": OFFLINE_GETH}),
         ]
         if not geth.is_file():
             raise ImageError(f"{geth}: no geth binary; run `make setup` first")
         (ctx / "geth").mkdir()
         shutil.copy2(geth, ctx / "geth" / "geth")
-        for tag, dockerfile, args in steps:
+        for tag, dockerfile, target, args in steps:
             # project and device images follow the sources: rebuilt through the layer
             # cache (seconds when only the lab's code changed); bases are reused as they are
             if force or tag in (PROJECT_IMAGE, DEVICE_IMAGE) or not podman.has_image(tag):
-                times[tag] = build(podman, dockerfile, tag, ctx, args)
+                times[tag] = build(podman, dockerfile, tag, ctx, args, target)
             else:
                 times[tag] = 0.0
     return times
 
 
-def offline_images() -> dict[str, str]:
-    """Image names for the compose file on a machine built with build_offline()."""
-    return {"geth": GETH_NODE_IMAGE, "device": DEVICE_IMAGE, "project": PROJECT_IMAGE,
-            "mosquitto": OFFLINE_BASE}
+def compose_images() -> dict[str, str]:
+    """Image names the generated compose file uses (built by build_offline() here, or by
+    `docker compose build` of the top-level docker-compose.yml elsewhere)."""
+    return {"geth": GETH_NODE_IMAGE, "device": DEVICE_IMAGE}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,7 +109,7 @@ class Lab:
             [(self.accounts[d.id].address, *d.power_bounds()) for d in s.devices])
         self.session = self.coordinator.open_session(
             s.feeder_params(), s.admm_settings(),
-            [self.accounts[d.id].address for d in s.devices], s.chain.round_deadline_blocks)
+            [self.accounts[d.id].address for d in s.devices], self.deadline_blocks())
         self.deploy_block = int(self.coordinator.deploy_receipt["blockNumber"])
         self.run.write_json("lab.json", {
             "scenario": s.name, "contract": self.coordinator.address, "session": self.session,
@@ -119,6 +119,12 @@ class Lab:
         })
         self.timings["deploy_s"] = time.monotonic() - t
         self.say(f"contract {self.coordinator.address}, session {self.session} open")
+
+    def deadline_blocks(self) -> int:
+        """The round deadline in blocks. With period 0 every submission may seal a block of
+        its own, so a healthy round takes up to N blocks: the scenario's margin comes on top."""
+        s = self.scenario
+        return s.chain.round_deadline_blocks + (len(s.devices) if s.chain.period == 0 else 0)
 
     def start_devices(self) -> None:
         for node, devices in self.groups.items():
@@ -194,7 +200,7 @@ class Lab:
         coord, session = self.coordinator, self.session
         prog = Progress()
         next_round, from_block = 0, self.deploy_block
-        last_seen = time.monotonic()
+        last_seen, last_head = time.monotonic(), -1
         prev_block = self.deploy_block
         while True:
             self.supervisor.poll()
@@ -216,8 +222,9 @@ class Lab:
                          f"s {r.s:9.3e} (eps {r.eps_dual:8.2e}) | rho {r.rho:8.4g} | "
                          f"{row['wall_s']:6.3f} s | gas {gas:,}"
                          + (f" | {r.stragglers} straggler(s)" if r.stragglers else ""))
-            if recs:
-                last_seen = now
+            head = coord.w3.eth.block_number
+            if recs or head != last_head:  # progress: a round closed or a block was sealed
+                last_seen, last_head = now, head
             if final:
                 return prog
             if timeout_s is not None and now - prog.t_start > timeout_s:
@@ -356,8 +363,16 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True,
             _wait_forever()
         return summary
     finally:
-        lab.stop()
-        release()
+        # A second Ctrl-C (or `timeout` forwarding its signal) must not cut the clean-up short
+        # and leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            lab.stop()
+            release()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _install_signal_handlers() -> None:

@@ -92,9 +92,9 @@ class BridgeConfig:
         acts = []
         for d in _get(scenario, "devices"):
             for c in _get(d, "components"):
-                if _get(c, "type") != "switched":
-                    continue
-                a = _get(c, "actuator")
+                a = _get(c, "actuator", None)
+                if _get(c, "type") != "switched" or a is None:
+                    continue  # a switched load without an actuator is scheduled, not switched
                 proto = _get(a, "protocol")
                 addr = _get(a, "topic", None) if proto == "tasmota" else _get(a, "name", None)
                 win = _get(c, "window", None)
