@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from aggregator_contract.reference import AdmmSettings
 from lab import profiles
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -99,13 +100,9 @@ class FeederSpec:
 
 
 @dataclass(frozen=True)
-class AdmmSpec:
-    rho0: float = 1.0
-    eps_abs: float = 1e-4
-    eps_rel: float = 1e-3
-    max_rounds: int = 100
-    mu: float = 10.0
-    tau: float = 2.0
+class AdmmSpec(AdmmSettings):
+    """The aggregator's settings plus the devices' local-step solver."""
+
     solver: str = "CLARABEL"
 
 
@@ -222,9 +219,7 @@ class Scenario:
         return Feeder(self.horizon.delta_h, np.array(f.price), np.array(f.capacity_kw),
                       np.array(f.export_limit_kw), f.gamma)
 
-    def admm_settings(self):  # -> aggregator_contract.reference.AdmmSettings
-        from aggregator_contract.reference import AdmmSettings
-
+    def admm_settings(self) -> AdmmSettings:
         a = self.admm
         return AdmmSettings(a.rho0, a.eps_abs, a.eps_rel, a.max_rounds, a.mu, a.tau)
 
