@@ -101,6 +101,7 @@ def test_device_process_killed_mid_run_still_finalizes(runs):
     from lab.orchestrator import Lab
     from lab.runfolder import RunFolder
     from lab.scenario import load
+    from lab.verify import verify_session
 
     scen = load("homes3")
     lab = Lab(scen, RunFolder.create(scen.name), out=sys.stderr)
@@ -114,8 +115,10 @@ def test_device_process_killed_mid_run_still_finalizes(runs):
         os.kill(victim.proc.pid, signal.SIGKILL)
         prog = lab.follow_rounds(timeout_s=300)
         x, meta = lab.read_schedule()
+        verdict = verify_session(lab.coordinator, lab.session, from_block=lab.deploy_block)
     finally:
         lab.stop()
+    assert verdict.ok, verdict.problems
     assert victim.restarts >= 1
     assert meta["converged"]
     ref = run_admm(scen)
