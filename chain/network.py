@@ -36,12 +36,16 @@ member syncs in its handshake and then follows propagated blocks. Signers do not
 
     with Network.start(run_dir, members=3, signers=1, period=0, fund=[addr, ...]) as net:
         w3 = net.w3("member0"); net.ws_url("member1")
+
+Network.create() writes a network's files only (no process): Network.start() uses it, and so
+does the Compose runtime (lab/compose.py) with the nodes' container addresses.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import re
@@ -51,7 +55,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -90,6 +94,7 @@ class NodeInfo:
     pid: int | None = None
     log: str = ""
     neighbours: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"  # the address other nodes dial (the enode's host)
 
     @property
     def http_url(self) -> str:
@@ -204,13 +209,17 @@ class Network:
     verbosity = 2  # geth --verbosity: 2 = warnings (geth is chatty)
 
     def __init__(self, run_dir: Path, nodes: dict[str, NodeInfo], period: int,
-                 die_with_parent: bool = True) -> None:
+                 die_with_parent: bool = True, extra: dict | None = None) -> None:
         self.run_dir = run_dir
         self.nodes = nodes
         self.period = period
         self.die_with_parent = die_with_parent
+        self.extra = dict(extra or {})  # more top-level keys of network.json (e.g. runtime)
         self._popen: dict[str, subprocess.Popen] = {}
-        self._geth = check_geth()
+
+    @functools.cached_property
+    def _geth(self) -> Path:  # only needed to run nodes here (not for Network.create)
+        return check_geth()
 
     # ---- construction -------------------------------------------------------------------
 
@@ -239,20 +248,14 @@ class Network:
         from a long-lived thread, or pass False and rely on stop() / stop_run().
         """
         run_dir = Path(run_dir).resolve()
-        gen.validate_signers(signers, period)
-        names = ([f"member{i}" for i in range(members)] if isinstance(members, int)
-                 else list(members))
-        bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_-]+", n)
-               or n.startswith(SIGNER)]
-        if bad or len(set(names)) != len(names):
-            raise ValueError(f"members={names}: names must be unique, [A-Za-z0-9_-]+ and "
-                             f"not start with {SIGNER!r} (bad: {bad})")
-        signer_names = [f"{SIGNER}{i}" for i in range(signers)]
-        fund = [to_checksum_address(a) for a in fund]
         if network_file(run_dir).exists():
+            signer_names, names = _names(members, signers)
+            fund = [to_checksum_address(a) for a in fund]
             net = cls._resume(run_dir, signer_names, names, period, fund, die_with_parent)
         else:
-            net = cls._create(run_dir, signer_names, names, period, fund, die_with_parent)
+            net = cls.create(run_dir, members, signers, period, fund,
+                             die_with_parent=die_with_parent)
+        net._init_datadirs()
         net.verbosity = verbosity
         try:
             net._start_signers([n for n in net.signers() if net.pid(n) is None], timeout)
@@ -268,14 +271,40 @@ class Network:
         return net
 
     @classmethod
-    def _create(cls, run_dir: Path, signer_names: list[str], member_names: list[str],
-                period: int, fund: list[str], die_with_parent: bool) -> Network:
+    def create(
+        cls,
+        run_dir: str | Path,
+        members: int | Sequence[str] = 3,
+        signers: int = 1,
+        period: int = 0,
+        fund: Iterable[str] = (),
+        *,
+        host: Callable[[str], str] | None = None,
+        datadir_root: str | Path | None = None,
+        dial_members: bool = False,
+        extra: dict | None = None,
+        die_with_parent: bool = True,
+    ) -> Network:
+        """Write a new network's files and start nothing: signer keys, genesis, node keys,
+        peer configs (config.toml) and chain/network.json. Both runtimes use it.
+
+        host(name): the address other nodes dial to reach node `name` (the enode's host;
+        default 127.0.0.1). datadir_root: where the nodes' datadirs are as the nodes see
+        them (recorded in network.json; the files are always written under
+        run_dir/chain/nodes). dial_members: members also dial their ring neighbours (for
+        nodes that cannot be told to by admin_addPeer, e.g. in containers). extra: more
+        top-level keys of network.json."""
+        run_dir = Path(run_dir).resolve()
+        signer_names, member_names = _names(members, signers)
+        gen.validate_signers(signers, period)
+        fund = [to_checksum_address(a) for a in fund]
         chain_dir = run_dir / "chain"
         signer_accts = {n: keys.ensure_signer(run_dir, n) for n in signer_names}
         genesis = gen.make_genesis([a.address for a in signer_accts.values()], fund, period)
-        genesis_file = gen.write_genesis(chain_dir / "genesis.json", genesis)
+        gen.write_genesis(chain_dir / "genesis.json", genesis)
         all_names = signer_names + member_names
         ports = iter(_free_ports(4 * len(all_names)))
+        seen_as = Path(datadir_root) if datadir_root else chain_dir / "nodes"
         nodes: dict[str, NodeInfo] = {}
         for name in all_names:
             datadir = chain_dir / "nodes" / name
@@ -284,12 +313,13 @@ class Network:
             (datadir / "geth" / "nodekey").write_text(nodekey.to_bytes().hex())
             p2p, http, ws, auth = (next(ports) for _ in range(4))
             acct = signer_accts.get(name)
+            addr = host(name) if host else "127.0.0.1"
             nodes[name] = NodeInfo(
-                name=name, role=SIGNER if acct else MEMBER, datadir=str(datadir),
+                name=name, role=SIGNER if acct else MEMBER, datadir=str(seen_as / name),
                 p2p_port=p2p, http_port=http, ws_port=ws, authrpc_port=auth,
-                enode=f"enode://{nodekey.public_key.to_hex()[2:]}@127.0.0.1:{p2p}",
+                enode=f"enode://{nodekey.public_key.to_hex()[2:]}@{addr}:{p2p}",
                 signer_address=acct.address if acct else None,
-                log=str(run_dir / "logs" / f"geth-{name}.log"),
+                log=str(run_dir / "logs" / f"geth-{name}.log"), host=addr,
             )
             if acct:  # geth --unlock finds the key in the datadir's keystore
                 (datadir / "keystore").mkdir(exist_ok=True)
@@ -299,22 +329,28 @@ class Network:
         for n in nodes.values():
             # Members dial the signers; signers dial each other; signers and members are told
             # about members by admin_addPeer once those run (a failed dial is not retried for
-            # 35 s).
+            # 35 s), unless dial_members.
             trusted = [nodes[m].enode for m in n.neighbours]
-            static = [nodes[m].enode for m in n.neighbours if nodes[m].role == SIGNER]
-            (Path(n.datadir) / "config.toml").write_text(
+            static = [nodes[m].enode for m in n.neighbours
+                      if nodes[m].role == SIGNER or (dial_members and n.role == MEMBER)]
+            (chain_dir / "nodes" / n.name / "config.toml").write_text(
                 static_nodes_toml(static, trusted, dial_ratio=1 if n.role == MEMBER else 0))
-        geth = check_geth()
-        procs = [subprocess.Popen(init_command(geth, Path(n.datadir), genesis_file),
+        net = cls(run_dir, nodes, period, die_with_parent, extra)
+        net._save()
+        return net
+
+    def _init_datadirs(self) -> None:
+        """`geth init` every datadir that has no chain yet (in parallel)."""
+        todo = [n for n in self.nodes.values()
+                if not (Path(n.datadir) / "geth" / "chaindata").exists()]
+        genesis_file = self.run_dir / "chain" / "genesis.json"
+        procs = [subprocess.Popen(init_command(self._geth, Path(n.datadir), genesis_file),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for n in nodes.values()]
-        for n, p in zip(nodes.values(), procs, strict=True):
+                 for n in todo]
+        for n, p in zip(todo, procs, strict=True):
             out, _ = p.communicate()
             if p.returncode != 0:
                 raise GethError(f"geth init of node {n.name} ({n.datadir}) failed:\n{out}")
-        net = cls(run_dir, nodes, period, die_with_parent)
-        net._save()
-        return net
 
     @classmethod
     def _resume(cls, run_dir: Path, signer_names: list[str], member_names: list[str],
@@ -334,14 +370,15 @@ class Network:
         if missing:
             raise GethError(f"{run_dir / 'chain' / 'genesis.json'}: accounts {missing} are not "
                             "funded in the existing genesis; use a new run folder")
-        net = cls(run_dir, nodes, period, die_with_parent)
+        extra = {k: v for k, v in meta.items() if k not in ("chain_id", "period", "nodes")}
+        net = cls(run_dir, nodes, period, die_with_parent, extra)
         for info in nodes.values():  # adopt live nodes, forget stale pids
             if not _is_our_geth(info.pid, info.datadir):
                 info.pid = None
         return net
 
     def _save(self) -> None:
-        data = {"chain_id": gen.CHAIN_ID, "period": self.period,
+        data = {"chain_id": gen.CHAIN_ID, "period": self.period, **self.extra,
                 "nodes": [asdict(n) for n in self.nodes.values()]}
         for d, n in zip(data["nodes"], self.nodes.values(), strict=True):
             d["http_url"], d["ws_url"] = n.http_url, n.ws_url  # for non-Python readers
@@ -360,10 +397,7 @@ class Network:
             http_port=info.http_port, ws_port=info.ws_port, authrpc_port=info.authrpc_port,
             config=Path(info.datadir) / "config.toml", signer=info.signer_address,
             password_file=pw, mine=len(self.signers()) == 1,
-            # members: exactly their neighbours, see the module docstring; signers: room to
-            # dial every node
-            maxpeers=(max(50, 3 * len(self.nodes)) if info.role == SIGNER
-                      else max(1, len(info.neighbours))),
+            maxpeers=max_peers(info, len(self.nodes)),
         )
 
     def pid(self, name: str) -> int | None:
@@ -448,27 +482,12 @@ class Network:
         return ""
 
     def _advance_head(self, timeout: float) -> None:
-        """Wait for one new block on the first live signer; with period 0, cause it by a
-        zero-value self-transfer of the signer."""
+        """Wait for one new block on the first live signer (see advance_head)."""
         ref = next((n for n in self.signers() if self.pid(n)), None)
         if ref is None:
             raise GethError("no signer node is running: the chain cannot make blocks")
-        url = self.nodes[ref].http_url
-        start = int(rpc(url, "eth_blockNumber"), 16)
-        if self.period == 0:  # signed here: geth may not have unlocked the key yet
-            acct = keys.load_account(keys.signer_path(self.run_dir, ref))
-            base = int(rpc(url, "eth_getBlockByNumber", ["latest", False])["baseFeePerGas"], 16)
-            nonce = int(rpc(url, "eth_getTransactionCount", [acct.address, "pending"]), 16)
-            tx = {"to": acct.address, "value": 0, "gas": 21000, "nonce": nonce, "type": 2,
-                  "chainId": gen.CHAIN_ID, **gen.tx_fees(base)}
-            raw = acct.sign_transaction(tx).raw_transaction
-            rpc(url, "eth_sendRawTransaction", ["0x" + bytes(raw).hex()])
-        deadline = time.monotonic() + timeout
-        while int(rpc(url, "eth_blockNumber"), 16) <= start:
-            if time.monotonic() > deadline:
-                raise GethError(f"{ref} made no block within {timeout:.0f} s "
-                                f"(log {self.nodes[ref].log})")
-            time.sleep(0.05)
+        advance_head(self.nodes[ref].http_url, keys.signer_path(self.run_dir, ref),
+                     self.period, timeout, f"{ref} (log {self.nodes[ref].log})")
 
     def _start_signers(self, names: Sequence[str], timeout: float) -> None:
         """Start signers; with several, start sealing only once they are all peered."""
@@ -598,3 +617,43 @@ def _link(nodes: dict[str, NodeInfo], signer_names: list[str], member_names: lis
         edges |= {frozenset(pair) for pair in zip(ring, ring[1:], strict=False)}
     for n in nodes.values():
         n.neighbours = sorted(next(iter(e - {n.name})) for e in edges if n.name in e)
+
+
+def _names(members: int | Sequence[str], signers: int) -> tuple[list[str], list[str]]:
+    """(signer names, member names), member names checked."""
+    names = ([f"member{i}" for i in range(members)] if isinstance(members, int)
+             else list(members))
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_-]+", n) or n.startswith(SIGNER)]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"members={names}: names must be unique, [A-Za-z0-9_-]+ and "
+                         f"not start with {SIGNER!r} (bad: {bad})")
+    return [f"{SIGNER}{i}" for i in range(signers)], names
+
+
+def max_peers(info: NodeInfo, n_nodes: int) -> int:
+    """geth --maxpeers of a node: members exactly their neighbours (so that having them all
+    is enough to sync, see the module docstring); signers room to dial every node."""
+    if info.role == SIGNER:
+        return max(50, 3 * n_nodes)
+    return max(1, len(info.neighbours))
+
+
+def advance_head(url: str, signer_key: Path, period: int, timeout: float,
+                 label: str = "signer") -> None:
+    """Wait for one new block on the signer node at url; with period 0, cause it by a
+    zero-value self-transfer of the signer (signed here with its key file: geth may not
+    have unlocked the key yet). Members started after this sync in their handshake."""
+    start = int(rpc(url, "eth_blockNumber"), 16)
+    if period == 0:
+        acct = keys.load_account(signer_key)
+        base = int(rpc(url, "eth_getBlockByNumber", ["latest", False])["baseFeePerGas"], 16)
+        nonce = int(rpc(url, "eth_getTransactionCount", [acct.address, "pending"]), 16)
+        tx = {"to": acct.address, "value": 0, "gas": 21000, "nonce": nonce, "type": 2,
+              "chainId": gen.CHAIN_ID, **gen.tx_fees(base)}
+        raw = acct.sign_transaction(tx).raw_transaction
+        rpc(url, "eth_sendRawTransaction", ["0x" + bytes(raw).hex()])
+    deadline = time.monotonic() + timeout
+    while int(rpc(url, "eth_blockNumber"), 16) <= start:
+        if time.monotonic() > deadline:
+            raise GethError(f"{label} made no block within {timeout:.0f} s")
+        time.sleep(0.05)

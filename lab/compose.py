@@ -3,7 +3,9 @@
     RUN/docker-compose.yml   generated per run from the scenario (generate)
     RUN/compose/shared/      genesis.json, and lab.json once the session is open (read-only
                              in every container)
-    RUN/compose/podman.sock  podman's Docker API, when the lab started one (no engine answered)
+    /tmp/ecl-podman-<hash>-run/podman.sock
+                             podman's Docker API, when the lab started one (no engine
+                             answered; log in RUN/compose/podman-service.log)
 
 The chain's files come from chain.network.Network.create, the local runtime's code, with the
 nodes' addresses on the compose network (one private bridge network with fixed addresses, so
@@ -45,6 +47,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -303,8 +306,15 @@ def write_compose(run_dir: Path, spec: dict[str, Any]) -> Path:
 # -- running it --------------------------------------------------------------------------
 
 
+def podman_sock_dir(run_dir: Path, purpose: str = "run") -> Path:
+    """A short folder for the podman socket of a run (unix socket paths are limited to 107
+    bytes; run folders can be deeper): /tmp/ecl-podman-<hash of the run folder>-<purpose>."""
+    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"ecl-podman-{digest}-{purpose}"
+
+
 def _run_podman_socket(run_dir: Path) -> str:
-    return f"unix://{(Path(run_dir) / 'compose' / 'podman.sock').resolve()}"
+    return f"unix://{podman_sock_dir(run_dir) / 'podman.sock'}"
 
 
 @dataclasses.dataclass
@@ -354,7 +364,8 @@ class ComposeProject:
             if img.engine_answers(_run_podman_socket(self.run_dir)):
                 self.docker_host = _run_podman_socket(self.run_dir)
             elif not img.engine_answers() and shutil.which("podman"):
-                temp = img.PodmanService(Path(self.run_dir) / "compose" / "down")
+                temp = img.PodmanService(podman_sock_dir(self.run_dir, "down"),
+                                         log_dir=Path(self.run_dir) / "compose")
                 self.docker_host = temp.start()
         try:
             ids = self.container_ids()
@@ -403,8 +414,8 @@ def stop_run_podman(run_dir: Path) -> bool:
     try:
         pid = json.loads(pids.read_text()).get("podman-service")
         proc = psutil.Process(pid)
-        mine = str((Path(run_dir) / "compose" / "podman.sock").resolve()) in " ".join(
-            proc.cmdline())
+        sock = podman_sock_dir(run_dir) / "podman.sock"
+        mine = str(sock) in " ".join(proc.cmdline())
     except (OSError, ValueError, TypeError, psutil.Error):
         return False
     if not mine:
@@ -414,7 +425,9 @@ def stop_run_podman(run_dir: Path) -> bool:
         proc.wait(timeout=10)
     except psutil.TimeoutExpired:
         proc.kill()
-    (Path(run_dir) / "compose" / "podman.sock").unlink(missing_ok=True)
+    sock.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        sock.parent.rmdir()
     return True
 
 
@@ -512,7 +525,8 @@ class ComposeLab(_lab_base()):
         if shutil.which("podman") is None:
             raise ComposeError("no Docker engine answers (`docker info`) and podman is not "
                                "installed; use RUNTIME=local")
-        self.podman = img.PodmanService(self.run.path / "compose")
+        self.podman = img.PodmanService(podman_sock_dir(self.run.path),
+                                        log_dir=self.run.path / "compose")
         self.docker_host = self.podman.start()
         self.run.record_pid("podman-service", self.podman.proc.pid)
         return self.docker_host

@@ -113,11 +113,14 @@ class Podman:
 @dataclass
 class PodmanService:
     """`podman system service` answering the Docker API on a unix socket, for docker-compose
-    and the docker SDK. Started and stopped by pid; its socket lives in `sock_dir`."""
+    and the docker SDK. Started and stopped by pid; its socket lives in `sock_dir` (keep that
+    path short: a unix socket path has at most 107 bytes), its log in `log_dir` (default
+    sock_dir)."""
 
     sock_dir: Path
     podman: Podman = field(default_factory=Podman)
     proc: subprocess.Popen | None = None
+    log_dir: Path | None = None
 
     @property
     def socket(self) -> Path:
@@ -127,11 +130,18 @@ class PodmanService:
     def docker_host(self) -> str:
         return f"unix://{self.socket}"
 
+    @property
+    def log(self) -> Path:
+        return Path(self.log_dir or self.sock_dir) / "podman-service.log"
+
     def start(self, timeout: float = 30.0) -> str:
         """Start the service, wait until it answers /_ping; returns DOCKER_HOST."""
+        if len(str(self.socket)) > 100:
+            raise ImageError(f"{self.socket}: too long for a unix socket path")
         self.socket.parent.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
-        log = open(self.socket.parent / "podman-service.log", "ab")  # noqa: SIM115
+        log = open(self.log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             self.podman.argv("system", "service", "--time=0", self.docker_host),
             env=self.podman.env(), stdout=log, stderr=subprocess.STDOUT,
@@ -141,7 +151,7 @@ class PodmanService:
         while not engine_answers(self.docker_host):
             if self.proc.poll() is not None:
                 raise ImageError(f"podman system service exited ({self.proc.returncode}); "
-                                 f"see {self.socket.parent / 'podman-service.log'}")
+                                 f"see {self.log}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise ImageError(f"podman system service: no answer on {self.socket}")
@@ -158,6 +168,8 @@ class PodmanService:
                 self.proc.wait()
         self.proc = None
         self.socket.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the socket's own folder, if now empty
+            self.socket.parent.rmdir()
 
     def __enter__(self) -> PodmanService:
         self.start()
