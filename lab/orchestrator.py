@@ -29,7 +29,7 @@ from aggregator_contract.client import Coordinator, CoordinatorError, connect, s
 from chain import keys
 from chain.network import Network, stop_run
 from lab import results as res
-from lab.runfolder import RunFolder, active_lab, claim, release
+from lab.runfolder import RunFolder, active_lab, claim, claimed_lab, release
 from lab.scenario import Scenario
 from lab.supervisor import Supervisor, stop_pids
 
@@ -49,7 +49,8 @@ class Progress:
 
 class Lab:
     """The local-process runtime. lab/compose.py's ComposeLab overrides where processes run
-    (start_chain, start_devices, stop); everything else is shared."""
+    and how they find each other (start_chain, deploy, start_devices, read_schedule, stop);
+    the rounds, results and MQTT are shared."""
 
     runtime = "local"
 
@@ -388,15 +389,18 @@ def _wait_forever() -> None:
 
 
 def down() -> int:
-    """Stop the running lab: ask its orchestrator to stop, then make sure of it."""
-    info = active_lab()
+    """Stop the running lab: ask its orchestrator to stop, then make sure of it. A lab whose
+    orchestrator was killed is cleaned up from its run folder all the same."""
+    import psutil
+
+    info = active_lab() or claimed_lab()
     if info is None:
         print("no lab is running")
         return 0
-    import psutil
-
     try:
         p = psutil.Process(info["pid"])
+        if "lab" not in " ".join(p.cmdline()):  # the pid was reused: not our orchestrator
+            raise psutil.NoSuchProcess(info["pid"])
         p.send_signal(signal.SIGINT)
         p.wait(timeout=30)
     except psutil.NoSuchProcess:
@@ -411,5 +415,6 @@ def down() -> int:
     stop_run(run_dir)
     pids = RunFolder(run_dir).recorded_pids()
     stop_pids(pids.values(), timeout=3)
+    release(force=True)
     print(f"stopped the lab of {run_dir}")
     return 0

@@ -106,6 +106,15 @@ def active_lab() -> dict | None:
     return None
 
 
+def claimed_lab() -> dict | None:
+    """The ACTIVE entry even when its orchestrator is gone (killed): what `lab down` still
+    has to clean up."""
+    try:
+        return json.loads(_active_file().read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def claim(run: RunFolder, scenario: str) -> None:
     """Mark this process as the running lab, or raise LabBusyError naming the other one."""
     other = active_lab()
@@ -125,7 +134,8 @@ def claim(run: RunFolder, scenario: str) -> None:
         f.write(entry)
 
 
-def release() -> None:
+def release(force: bool = False) -> None:
+    """Drop runs/ACTIVE if it is this process's (or stale), or unconditionally (`lab down`)."""
     info = active_lab()
-    if info is None or info["pid"] == os.getpid():
+    if force or info is None or info["pid"] == os.getpid():
         _active_file().unlink(missing_ok=True)
