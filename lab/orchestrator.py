@@ -258,22 +258,32 @@ class Lab:
     # -- after finalization -------------------------------------------------------------
 
     def read_schedule(self) -> tuple[np.ndarray, dict]:
-        """The final schedule from the chain, checked equal on every node."""
-        s = self.scenario
-        addresses = [self.accounts[d.id].address for d in s.devices]
+        """The final schedule from the chain, checked equal on every node that answers RPC
+        here (the first one, a signer, is the reference); see also _confirm_elsewhere."""
+        addresses = [self.accounts[d.id].address for d in self.scenario.devices]
         per_node = {}
-        for name in self.network.nodes:
-            c = Coordinator(connect(self.network.http_url(name)), self.coordinator.address)
+        for name, url in self._schedule_readers().items():
+            c = Coordinator(connect(url), self.coordinator.address)
             sched = c.wait_finalized(self.session, timeout=30)
             per_node[name] = np.array([sched.x[a] for a in addresses])
-        ref = per_node[self.network.signers()[0]]
+        ref = next(iter(per_node.values()))
         differs = [n for n, x in per_node.items() if not np.array_equal(x, ref)]
         if differs:
             raise RuntimeError(f"nodes {differs} disagree on the final schedule")
         final = self.coordinator.schedule(self.session)
+        agreeing = len(per_node) + self._confirm_elsewhere(int(final.block))
         return ref, {"converged": final.converged, "round": final.round,
                      "block": final.block, "timestamp": final.timestamp,
-                     "nodes_agreeing": len(per_node)}
+                     "nodes_agreeing": agreeing}
+
+    def _schedule_readers(self) -> dict[str, str]:
+        """Node name -> RPC URL to read the schedule from: every node, signers first."""
+        net = self.network
+        return {n: net.http_url(n) for n in [*net.signers(), *net.members()]}
+
+    def _confirm_elsewhere(self, final_block: int) -> int:
+        """Nodes not read directly that are confirmed to hold the final state (none here)."""
+        return 0
 
     def write_results(self, x: np.ndarray, meta: dict, prog: Progress) -> None:
         s = self.scenario
