@@ -161,13 +161,7 @@ class Deferrable(Component):
 
     def __init__(self, spec: ComponentSpec, horizon: Horizon) -> None:
         super().__init__(spec, horizon)
-        p = self.p
-        self.mask = window_mask(*p["window"], self.T)
-        self.power = cp.Variable(self.T, nonneg=True, name=f"{spec.id}_p")
-        self.constraints = [
-            self.power <= p["max_kw"] * self.mask,
-            self.dt * cp.sum(self.power) == p["energy_kwh"],
-        ]
+        _energy_in_window(self, self.p["max_kw"], self.p["energy_kwh"])
 
 
 class Curtailable(Component):
@@ -199,13 +193,16 @@ class Switched(Component):
 
     def __init__(self, spec: ComponentSpec, horizon: Horizon) -> None:
         super().__init__(spec, horizon)
-        p = self.p
-        self.mask = window_mask(*p["window"], self.T)
-        self.power = cp.Variable(self.T, nonneg=True, name=f"{spec.id}_p")
-        self.constraints = [
-            self.power <= p["rated_kw"] * self.mask,
-            self.dt * cp.sum(self.power) == p["rated_kw"] * p["on_hours"],
-        ]
+        rated = self.p["rated_kw"]
+        _energy_in_window(self, rated, rated * self.p["on_hours"])
+
+
+def _energy_in_window(comp: Component, max_kw: float, energy_kwh: float) -> None:
+    """0 <= p_t <= max_kw inside the component's window (0 outside), Δ Σ_t p_t = energy_kwh."""
+    comp.mask = window_mask(*comp.p["window"], comp.T)
+    comp.power = cp.Variable(comp.T, nonneg=True, name=f"{comp.spec.id}_p")
+    comp.constraints = [comp.power <= max_kw * comp.mask,
+                        comp.dt * cp.sum(comp.power) == energy_kwh]
 
 
 MODELS: dict[str, type[Component]] = {
