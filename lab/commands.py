@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 
@@ -63,9 +64,18 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lab.runfolder import active_lab
     from mqtt_bridge.watch import default_url, watch
 
-    watch(args.url or default_url())
+    if args.url is None:
+        info = active_lab()
+        if info is None and not os.environ.get("MQTT_URL"):
+            raise SystemExit("error: no lab is running (start one with `make up`), "
+                             "or pass --url / set MQTT_URL")
+        args.url = default_url(Path(info["run"]) if info else None)
+    watch(args.url)
     return 0
 
 
