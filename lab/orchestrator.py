@@ -387,10 +387,13 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True,
 
 
 def _install_signal_handlers() -> None:
+    """SIGINT and SIGTERM both stop the lab through the clean-up in run_once. SIGINT is set
+    explicitly: a shell starts background jobs with SIGINT ignored, and Python keeps that."""
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _wait_forever() -> None:
@@ -411,7 +414,7 @@ def down() -> int:
         p = psutil.Process(info["pid"])
         if "lab" not in " ".join(p.cmdline()):  # the pid was reused: not our orchestrator
             raise psutil.NoSuchProcess(info["pid"])
-        p.send_signal(signal.SIGINT)
+        p.send_signal(signal.SIGTERM)
         p.wait(timeout=30)
     except psutil.NoSuchProcess:
         pass
