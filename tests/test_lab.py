@@ -178,3 +178,35 @@ def test_infeasible_device_fails_before_the_chain_starts(runs, tmp_path):
     assert out.returncode != 0
     assert str(path) in out.stderr and dev["id"] in out.stderr, out.stderr
     assert not runs.exists() or not any(runs.glob("*/chain/network.json"))
+
+
+def test_down_cleans_up_after_a_killed_orchestrator(runs):
+    """SIGKILL the orchestrator of `lab up` (no clean-up runs): `lab down` still stops every
+    process the lab started and frees its ports."""
+    up = subprocess.Popen(lab_cmd("up", "homes3", "--no-compare"), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env=_env(), cwd=REPO,
+                          start_new_session=True)
+    run_dir = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        active = runs / "ACTIVE"
+        if active.exists():
+            run_dir = Path(json.loads(active.read_text())["run"])
+            pids = run_dir / "pids.json"
+            if pids.exists() and any(k.startswith("devices-") for k in json.loads(
+                    pids.read_text())):
+                break
+        time.sleep(0.5)
+    assert run_dir is not None, "lab up did not start"
+    up.kill()
+    up.wait(timeout=30)
+    ports = _lab_ports(run_dir)
+    down = subprocess.run(lab_cmd("down"), capture_output=True, text=True, timeout=120,
+                          env=_env(), cwd=REPO)
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
+    for name, pid in json.loads((run_dir / "pids.json").read_text()).items():
+        alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+        assert not alive, f"{name} (pid {pid}) still running"
+    busy = [p for p in ports if _listening(p)]
+    assert not busy, f"ports still listening: {busy}"
+    assert not (runs / "ACTIVE").exists()
