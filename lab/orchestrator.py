@@ -49,8 +49,8 @@ class Progress:
 
 class Lab:
     """The local-process runtime. lab/compose.py's ComposeLab overrides where processes run
-    and how they find each other (start_chain, deploy, start_devices, read_schedule, stop);
-    the rounds, results and MQTT are shared."""
+    and how they find each other (start_chain, deploy, start_devices, _schedule_readers,
+    _confirm_elsewhere, stop); the rounds, results and MQTT are shared."""
 
     runtime = "local"
 
@@ -63,8 +63,7 @@ class Lab:
         self.coordinator: Coordinator | None = None
         self.session: int | None = None
         self.groups: dict[str, list[str]] = {}  # node name -> device ids it serves
-        self.t0 = time.monotonic()
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # start-up phases, reported in the summary
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -367,6 +366,7 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True,
             sc = scenario.playback
             day_s = scenario.horizon.slots * sc.seconds_per_slot
             summary["mqtt"] = lab.finish_mqtt(timeout_s=day_s + 60)
+        summary.update({k: round(v, 3) for k, v in lab.timings.items()})
         summary["wall_s_total"] = round(time.monotonic() - t0, 3)
         run.write_json("results/summary.json", summary)
         if interactive:
