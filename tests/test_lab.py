@@ -53,6 +53,36 @@ def _lab_ports(run_dir: Path) -> list[int]:
     return ports
 
 
+def _assert_nothing_left(run_dir: Path) -> None:
+    """Every process the run recorded is gone and none of its ports listens."""
+    for name, pid in json.loads((run_dir / "pids.json").read_text()).items():
+        alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+        assert not alive, f"{name} (pid {pid}) still running"
+    busy = [p for p in _lab_ports(run_dir) if _listening(p)]
+    assert not busy, f"ports still listening: {busy}"
+
+
+def _start_lab_up(runs: Path) -> tuple[subprocess.Popen, Path]:
+    """`lab up homes3` in its own session; returns once its device processes are started."""
+    up = subprocess.Popen(lab_cmd("up", "homes3", "--no-compare"), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
+                          start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        active = runs / "ACTIVE"
+        if active.exists():
+            run_dir = Path(json.loads(active.read_text())["run"])
+            pids = run_dir / "pids.json"
+            if (run_dir / "lab.json").exists() and pids.exists() and any(
+                    k.startswith("devices-") for k in json.loads(pids.read_text())):
+                return up, run_dir
+        if up.poll() is not None:
+            raise AssertionError("lab up exited: " + up.stderr.read()[-3000:])
+        time.sleep(0.5)
+    up.kill()
+    raise AssertionError("lab up did not start its devices in 180 s")
+
+
 def test_homes3_end_to_end(runs):
     """`lab run homes3`: finalized on chain, equal to in-process ADMM, schedule readable
     from every node, every emulated actuator followed its plan, results written."""
@@ -76,11 +106,8 @@ def test_homes3_end_to_end(runs):
     history = json.loads((res / "history.json").read_text())
     assert len(history) == summary["rounds"] and history[-1]["converged"]
     assert all(r["gas"] > 0 for r in history)
-    # nothing left running
     run_dir = res.parent
-    for pid in json.loads((run_dir / "pids.json").read_text()).values():
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
-    assert not any(_listening(p) for p in _lab_ports(run_dir))
+    _assert_nothing_left(run_dir)
     # the run replays from the chain alone (its chain is resumed from the run folder)
     ver = subprocess.run(lab_cmd("verify", str(run_dir)), capture_output=True, text=True,
                          timeout=300, env=_env(), cwd=REPO)
@@ -88,10 +115,7 @@ def test_homes3_end_to_end(runs):
     verdict = json.loads(ver.stdout.strip().splitlines()[-1])
     assert verdict["ok"] and verdict["rounds"] == summary["rounds"]
     assert verdict["max_dev_kw"] <= 1e-5
-    # and verify stopped what it resumed
-    for pid in json.loads((run_dir / "pids.json").read_text()).values():
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
-    assert not any(_listening(p) for p in _lab_ports(run_dir))
+    _assert_nothing_left(run_dir)  # verify stopped what it resumed
 
 
 def test_device_process_killed_mid_run_still_finalizes(runs):
@@ -129,21 +153,8 @@ def test_device_process_killed_mid_run_still_finalizes(runs):
 def test_up_is_exclusive_and_sigint_leaves_nothing_behind(runs):
     """A second `lab up` while one runs fails clearly; SIGINT to `lab up` stops every
     process it started and frees every port."""
-    up = subprocess.Popen(lab_cmd("up", "homes3", "--no-compare"), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
-                          start_new_session=True)
+    up, run_dir = _start_lab_up(runs)
     try:
-        deadline = time.monotonic() + 180
-        run_dir = None
-        while time.monotonic() < deadline:
-            active = runs / "ACTIVE"
-            if active.exists():
-                run_dir = Path(json.loads(active.read_text())["run"])
-                if (run_dir / "lab.json").exists() and (run_dir / "pids.json").exists():
-                    break
-            assert up.poll() is None, up.stderr.read()[-3000:]
-            time.sleep(0.5)
-        assert run_dir is not None, "lab up did not start"
         second = subprocess.run(lab_cmd("up", "homes3"), capture_output=True, text=True,
                                 timeout=120, env=_env(), cwd=REPO)
         assert second.returncode != 0
@@ -157,11 +168,7 @@ def test_up_is_exclusive_and_sigint_leaves_nothing_behind(runs):
     finally:
         if up.poll() is None:
             up.kill()
-    for name, pid in json.loads((run_dir / "pids.json").read_text()).items():
-        alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
-        assert not alive, f"{name} (pid {pid}) still running"
-    busy = [p for p in ports if _listening(p)]
-    assert not busy, f"ports still listening: {busy}"
+    _assert_nothing_left(run_dir)
     assert not (runs / "ACTIVE").exists()
 
 
@@ -183,30 +190,11 @@ def test_infeasible_device_fails_before_the_chain_starts(runs, tmp_path):
 def test_down_cleans_up_after_a_killed_orchestrator(runs):
     """SIGKILL the orchestrator of `lab up` (no clean-up runs): `lab down` still stops every
     process the lab started and frees its ports."""
-    up = subprocess.Popen(lab_cmd("up", "homes3", "--no-compare"), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, env=_env(), cwd=REPO,
-                          start_new_session=True)
-    run_dir = None
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        active = runs / "ACTIVE"
-        if active.exists():
-            run_dir = Path(json.loads(active.read_text())["run"])
-            pids = run_dir / "pids.json"
-            if pids.exists() and any(k.startswith("devices-") for k in json.loads(
-                    pids.read_text())):
-                break
-        time.sleep(0.5)
-    assert run_dir is not None, "lab up did not start"
+    up, run_dir = _start_lab_up(runs)
     up.kill()
     up.wait(timeout=30)
-    ports = _lab_ports(run_dir)
     down = subprocess.run(lab_cmd("down"), capture_output=True, text=True, timeout=120,
                           env=_env(), cwd=REPO)
     assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
-    for name, pid in json.loads((run_dir / "pids.json").read_text()).items():
-        alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
-        assert not alive, f"{name} (pid {pid}) still running"
-    busy = [p for p in ports if _listening(p)]
-    assert not busy, f"ports still listening: {busy}"
+    _assert_nothing_left(run_dir)
     assert not (runs / "ACTIVE").exists()
