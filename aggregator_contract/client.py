@@ -167,12 +167,9 @@ class _Nonces:
 
 
 @functools.cache
-def _chain_id_of(provider_id: int, w3: Web3) -> int:
-    return int(w3.eth.chain_id)
-
-
 def _chain_id(w3: Web3) -> int:
-    return _chain_id_of(id(w3.provider), w3)
+    """The chain id of a connection, asked once (it never changes)."""
+    return int(w3.eth.chain_id)
 
 
 def _reason(err: Exception) -> str:
