@@ -11,7 +11,7 @@ GETH := tools/bin/geth
 GETH_VERSION := v1.13.15
 LAB := $(BIN)/lab
 
-.PHONY: setup up run down watch solve test test-slow test-compose images-offline bench-admm bench-gas lint clean
+.PHONY: setup up run down watch solve test test-slow test-compose images-offline bench-admm bench-gas bench-scale contracts lint clean
 
 setup: $(STAMP) $(GETH)
 
@@ -66,6 +66,10 @@ bench-admm: setup
 
 bench-gas: setup
 	$(BIN)/python -m aggregator_contract.bench_gas
+
+# Recompile the shipped contract artifacts (aggregator_contract/artifacts/) after editing a .vy.
+contracts: setup
+	$(BIN)/python -m aggregator_contract.compile
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,10 +1,12 @@
 #pragma version 0.4.3
+#pragma evm-version paris
 """
 @title Coordinator: the aggregator of sharing ADMM (DESIGN.md, "The contract")
-@notice Devices submit their x_i for a round; the submission that completes the round (or
-        `advance` after the round deadline, with stragglers' previous x_i) runs steps 2-6 of
-        aggregator_contract/reference.py in fixed point, then opens the next round or
-        finalizes the session.
+@notice Devices submit their x_i for a round; each submission folds itself into running
+        sums, so that the submission completing the round (or `advance` after the round
+        deadline, stragglers' previous x_i still counting) runs steps 2-6 of
+        aggregator_contract/reference.py in O(T), whatever N. Finalized schedules go to the
+        ScheduleRegistry.
 @dev Fixed point, one scale per quantity (aggregator_contract/fixed_point.py is the Python
      side of the same table):
        power   x_i, xbar, zbar, u, device bounds, C, E      1e-9 kW   ("nkW", int64 range)
@@ -12,51 +14,72 @@
        delta   slot length                                  1e-18 h   (WAD)
        gamma, rho, eps_abs, eps_rel, mu, tau                1e-18     (WAD)
        r, s, eps_pri, eps_dual (events)                     1e-18 kW  (WAD)
-     Vectors of T values are packed 4 per uint256 word: lane j (bits 64j..64j+63) of word w
-     is slot 4w+j, zigzag-encoded (v >= 0 -> 2v, v < 0 -> -2v-1) so that small negative
-     values are small words (cheap calldata); lanes past T must be 0.
-     Rounding: every division (xbar = sum/N, zbar = num/den, C/N, E/N, rho*tau, rho/tau,
+     Vectors of T values travel packed 4 per uint256 word: lane j (bits 64j..64j+63) of
+     word w is slot 4w+j, zigzag-encoded (v >= 0 -> 2v, v < 0 -> -2v-1) so that small
+     negative values are small words (cheap calldata); lanes past T must be 0.
+     Rounding: every division (xbar = S/N, zbar = num/den, C/N, E/N, rho*tau, rho/tau,
      u/tau, u*tau, the WAD products in the tolerances) rounds half away from zero; square
-     roots (isqrt) round down. Sums of squares are exact integers (units 1e-18 kW^2), so
-     r, s and the norms carry 1e-18 kW precision before isqrt.
-     The dual residual uses sum_i |dx_i - d|^2 = sum_i |dx_i|^2 - 2<sum_i dx_i, d> + N|d|^2
-     (d = dxbar - dzbar), exact over the integers.
-     Unchecked (unsafe_*) arithmetic only where int64 lanes and N <= 256 bound the result.
-     Storage: each device keeps two packed buffers per session (current and previous x_i);
-     a submission writes the older one, so the round close reads both without copying.
-     Gas on geth v1.13.15 at T=96, N=10 (`make bench-gas`): ~224k per submission, ~2.84M
-     for the one that closes the round; a session's first two rounds cost more (its buffers
-     start empty: 22,100 gas per word instead of 5,000).
-     Limits: T <= 384, N <= 256; |bounds| within int64. If u ever left int64 (a diverging,
-     infeasible session) the close would revert with "value beyond int64".
+     roots (isqrt) round down. Sums of squares are exact integers (1e-18 kW^2).
+
+     What each submission folds in (so the close needs no loop over devices):
+       S     = sum_i x_i           (vector, kept and offset by x_new - x_prev)
+       SQX   = sum_i |x_i|^2       (scalar, kept and offset)
+       SQDX  = sum_i |dx_i|^2      (scalar, this round; a straggler's dx_i is 0)
+     and the close keeps SNAP = S at the previous close, so sum_i dx_i = S - SNAP. Then
+       sum_i |dx_i - d|^2 = SQDX - 2 <S - SNAP, d> + N |d|^2,        d = dxbar - dzbar
+       sum_i |z_i|^2      = SQX + 2 <S, zbar - xbar> + N |zbar - xbar|^2,  z_i = x_i - xbar + zbar
+     exactly, over the integers.
+     The contract stores no device's x_i: it keeps a 160-bit keccak of the last submission,
+     and the device sends its previous x_i with its new one (calldata is ~30x cheaper than
+     a storage word). The x_i themselves are in the Submitted events.
+
+     Storage (every slot below is rewritten, never cleared, so rounds pay 5,000 gas a word
+     and not 22,100): S and SNAP biased by 2^63 per lane; zbar and u zigzag, XOR STATE_FLIP
+     (so the zero vector is a non-zero word); the accumulator word carries a marker bit.
+     A session's vectors live in fixed arrays reused by the next session.
+     Reserved for a later privacy mode (masked submissions whose masks cancel in S): the
+     `mask_commit` map, unused today.
+
+     Limits, checked by open_session: T <= 384, N <= 4096, and with B the largest |bound|
+     of the participants, N*B < 2^62 (S fits its lane) and N*T*B^2 < 2^118 (SQX, SQDX fit
+     their 127 bits). rho stays within [RHO_MIN, RHO_MAX]. If u leaves int64 (a diverging
+     session), the round finalizes as not converged instead of reverting: no session can be
+     left stuck.
 """
 
 MAX_SLOTS: constant(uint256) = 384
 LANES: constant(uint256) = 4
 MAX_WORDS: constant(uint256) = 96  # MAX_SLOTS // LANES
-MAX_DEVICES: constant(uint256) = 256
+MAX_DEVICES: constant(uint256) = 4096
 MAX_PLAN_WORDS: constant(uint256) = 32  # on/off plans: 256 slots a word, e.g. 16 actuators x 2
 LANE_MASK: constant(uint256) = 2**64 - 1
 MAX_LANE: constant(int256) = 2**63 - 1
+BIAS: constant(int256) = 2**63  # S and SNAP lanes hold value + BIAS
+ZERO_BIASED: constant(uint256) = (1 << 63) | (1 << 127) | (1 << 191) | (1 << 255)
 WAD: constant(int256) = 10**18
 WAD_U: constant(uint256) = 10**18
+RHO_MIN: constant(int256) = 10**9  # 1e-9
+RHO_MAX: constant(int256) = 10**27  # 1e9
 
-# bit layout of a device's per-session state word
-IDX_MASK: constant(uint256) = 2**32 - 1  # index in the session's device list + 1 (0: absent)
-ROUND_SHIFT: constant(uint256) = 32  # last submitted round + 1 (0: none)
-ROUND_MASK: constant(uint256) = 2**64 - 1
-CUR_SHIFT: constant(uint256) = 96  # which of the two buffers holds the current x_i
-# xbar, zbar and u words are stored XOR this, so that the zero vector is a non-zero word:
-# a round close then rewrites non-zero slots (5,000 gas) instead of filling empty ones
-# (22,100 gas) in the first rounds.
+# a device's word `dev[device]`: session << 208 | (last submitted round + 1) << 160 | hash
+DEV_SESSION: constant(uint256) = 208
+DEV_ROUND: constant(uint256) = 160
+M48: constant(uint256) = 2**48 - 1
+HASH_MASK: constant(uint256) = 2**160 - 1
+# zbar and u words are stored XOR this (see header)
 STATE_FLIP: constant(uint256) = max_value(uint256)
-# bit layout of `status`, the hot state of the latest session read by every submission
-# (one storage slot instead of six): round | submitted | N | T | finalized | session id
+# the accumulator word: MARK | SQDX << 128 | SQX
+ACC_MARK: constant(uint256) = 1 << 255
+M127: constant(uint256) = 2**127 - 1
+M128: constant(uint256) = 2**128 - 1
+# `status`, the hot state read by every submission:
+# round | submitted << 64 | N << 96 | T << 128 | finalized << 160 | session << 192
 ST_SUBMITTED: constant(uint256) = 64
 ST_N: constant(uint256) = 96
 ST_SLOTS: constant(uint256) = 128
 ST_FINAL: constant(uint256) = 160
 ST_SESSION: constant(uint256) = 192
+ROUND_MASK: constant(uint256) = 2**64 - 1
 M32: constant(uint256) = 2**32 - 1
 # a whitelisted device's word: registered bit 128 | zigzag(max) << 64 | zigzag(min)
 REGISTERED: constant(uint256) = 1 << 128
@@ -105,15 +128,8 @@ struct Final:
     round: uint256
     block: uint256
     timestamp: uint256
-
-
-struct ScheduleEntry:
-    finalized: bool
-    converged: bool
-    round: uint256
-    block: uint256
-    timestamp: uint256
-    x: DynArray[int256, MAX_SLOTS]
+    devices: uint256
+    slots: uint256
 
 
 struct Residuals:
@@ -121,6 +137,21 @@ struct Residuals:
     s: int256
     eps_pri: int256
     eps_dual: int256
+
+
+# the sums of one round close that step 5 needs (all exact integers, see header)
+struct CloseSums:
+    r2: int256  # |xbar - zbar|^2
+    dd: int256  # |d|^2, d = dxbar - dzbar
+    sdx_d: int256  # <S - SNAP, d>
+    s_zx: int256  # <S, zbar - xbar>
+    uu: int256  # |u|^2 before balancing
+
+
+interface ScheduleRegistry:
+    def record_final(session: uint256, f: Final): nonpayable
+    def store_schedule(session: uint256, device: address, x: DynArray[uint256, MAX_WORDS]): nonpayable
+    def store_plan(session: uint256, device: address, words: DynArray[uint256, MAX_PLAN_WORDS]): nonpayable
 
 
 event OperatorChanged:
@@ -170,48 +201,42 @@ event Finalized:
     session: indexed(uint256)
     round: uint256
     converged: bool
-
-
-event PlanPublished:
-    session: indexed(uint256)
-    device: indexed(address)
-    words: DynArray[uint256, MAX_PLAN_WORDS]
+    diverged: bool
 
 
 operator: public(address)
+registry: public(immutable(address))
 device_word: HashMap[address, uint256]
+dev: HashMap[address, uint256]  # see DEV_* above
 
 status: uint256  # see ST_* above
 params: public(AdmmParams)  # of the latest session
 round_deadline: public(uint256)  # block number after which anyone may advance
 rho_wad: public(int256)
-finals: public(HashMap[uint256, Final])
-devices: HashMap[uint256, DynArray[address, MAX_DEVICES]]
-slots_of: public(HashMap[uint256, uint256])  # T of each session
+acc: uint256  # see ACC_* above
 
 # packed vectors of the latest session
 price_w: uint256[MAX_WORDS]
 capacity_w: uint256[MAX_WORDS]
 export_w: uint256[MAX_WORDS]
-xbar_w: uint256[MAX_WORDS]
+sum_w: uint256[MAX_WORDS]  # S, biased lanes
+snap_w: uint256[MAX_WORDS]  # S at the last close, biased lanes
 zbar_w: uint256[MAX_WORDS]
 u_w: uint256[MAX_WORDS]
 
-# session -> device -> state word (IDX/ROUND/CUR above)
-dev_state: HashMap[uint256, HashMap[address, uint256]]
-# (session << 160 | device) -> two packed buffers: words [0, MAX_WORDS) and
-# [MAX_WORDS, 2*MAX_WORDS). One key (one keccak per access) rather than nested maps.
-xbuf: HashMap[uint256, uint256[2 * MAX_WORDS]]
-# session -> device -> on/off plans of its switched loads (bit t of a word = slot t), published
-# by the device after finalization; the MQTT bridge reads them
-plans: HashMap[uint256, HashMap[address, DynArray[uint256, MAX_PLAN_WORDS]]]
+# reserved: a later privacy mode's per-device mask commitments
+mask_commit: HashMap[address, bytes32]
 
 
 @deploy
-def __init__():
+def __init__(registry_: address):
     """
-    @notice The deployer becomes the operator.
+    @notice The deployer becomes the operator. `registry_` is the ScheduleRegistry this
+            Coordinator writes finalized schedules to (bound to it by its deployer).
+    @param registry_ The registry's address.
     """
+    assert registry_ != empty(address), "zero registry"
+    registry = registry_
     self.operator = msg.sender
     log OperatorChanged(previous=empty(address), operator=msg.sender)
 
@@ -234,10 +259,13 @@ def set_operator(new_operator: address):
 @external
 def register_devices(entries: DynArray[DeviceBounds, MAX_DEVICES]):
     """
-    @notice Whitelist devices with their power bounds (1e-9 kW), or update their bounds.
+    @notice Whitelist devices with their power bounds (1e-9 kW), or update their bounds
+            while no session is in progress.
     @param entries (device, min_nkw, max_nkw) with min_nkw <= max_nkw within int64.
     """
     self._only_operator()
+    status: uint256 = self.status
+    assert status >> ST_SESSION == 0 or (status >> ST_FINAL) & 1 == 1, "session in progress"
     for e: DeviceBounds in entries:
         assert e.device != empty(address), "zero device"
         assert e.min_nkw <= e.max_nkw, "min above max"
@@ -267,54 +295,56 @@ def open_session(
     @return The new session id.
     """
     self._only_operator()
-    sid: uint256 = self.status >> ST_SESSION
-    assert sid == 0 or self.finals[sid].finalized, "session in progress"
+    status: uint256 = self.status
+    sid: uint256 = status >> ST_SESSION
+    assert sid == 0 or (status >> ST_FINAL) & 1 == 1, "session in progress"
     assert p.slots > 0 and p.slots <= MAX_SLOTS, "bad slots"
     words: uint256 = (p.slots + LANES - 1) // LANES
     assert len(price) == words, "wrong length: price"
     assert len(capacity) == words, "wrong length: capacity"
     assert len(export_limit) == words, "wrong length: export_limit"
     assert p.delta_wad > 0, "delta must be > 0"
-    assert p.gamma_wad >= 0, "gamma must be >= 0"
-    assert p.rho0_wad > 0, "rho0 must be > 0"
+    assert p.gamma_wad >= 0 and p.gamma_wad <= 10**30, "gamma must be in [0, 1e12]"
+    assert p.rho0_wad >= RHO_MIN and p.rho0_wad <= RHO_MAX, "rho0 must be in [1e-9, 1e9]"
     assert p.eps_abs_wad >= 0 and p.eps_rel_wad >= 0, "tolerance must be >= 0"
-    assert p.mu_wad >= WAD and p.tau_wad >= WAD, "mu and tau must be >= 1"
-    assert p.max_rounds > 0, "max_rounds must be > 0"
-    assert p.deadline_blocks > 0, "deadline_blocks must be > 0"
+    assert p.eps_abs_wad <= WAD and p.eps_rel_wad <= WAD, "tolerance must be <= 1"
+    assert p.mu_wad >= WAD and p.mu_wad <= 10**21, "mu must be in [1, 1000]"
+    assert p.tau_wad >= WAD and p.tau_wad <= 10**20, "tau must be in [1, 100]"
+    assert p.max_rounds > 0 and p.max_rounds < 2**32, "max_rounds must be in [1, 2^32)"
+    assert p.deadline_blocks > 0 and p.deadline_blocks < 2**32, "bad deadline_blocks"
     assert len(participants) > 0, "no devices"
-    assert p.max_rounds < 2**63, "max_rounds too large"
 
     sid += 1
     for w: uint256 in range(words, bound=MAX_WORDS):
         for j: uint256 in range(LANES):
-            t: uint256 = w * LANES + j
             c: int256 = self._lane(capacity[w], j)
             e: int256 = self._lane(export_limit[w], j)
-            if t >= p.slots:
+            if w * LANES + j >= p.slots:
                 assert self._lane(price[w], j) == 0 and c == 0 and e == 0, "nonzero padding"
             assert c >= 0 and e >= 0, "capacity and export limit must be >= 0"
         self.price_w[w] = price[w]
         self.capacity_w[w] = capacity[w]
         self.export_w[w] = export_limit[w]
-        # the zero vector, stored complemented (non-zero: see STATE_FLIP)
-        self.xbar_w[w] = STATE_FLIP
-        self.zbar_w[w] = STATE_FLIP
+        self.sum_w[w] = ZERO_BIASED
+        self.snap_w[w] = ZERO_BIASED
+        self.zbar_w[w] = STATE_FLIP  # the zero vector
         self.u_w[w] = STATE_FLIP
 
-    i: uint256 = 0
+    big: int256 = 0  # the largest |bound| of the participants
     for d: address in participants:
-        assert self.device_word[d] & REGISTERED != 0, "device not whitelisted"
-        assert self.dev_state[sid][d] == 0, "duplicate device"
-        i += 1
-        self.dev_state[sid][d] = i
+        dw: uint256 = self.device_word[d]
+        assert dw & REGISTERED != 0, "device not whitelisted"
+        assert self.dev[d] >> DEV_SESSION != sid, "duplicate device"
+        big = max(big, max(-self._lane(dw, 0), self._lane(dw, 1)))
+        self.dev[d] = sid << DEV_SESSION
+    n: int256 = convert(len(participants), int256)
+    assert n * big < 2**62, "N * max |bound| beyond the sum's lane"
+    assert n * convert(p.slots, int256) * big * big < 2**118, "N * T * bound^2 beyond 2^118"
 
     self.params = p
-    self.devices[sid] = participants
-    self.slots_of[sid] = p.slots
-    self.status = (
-        (sid << ST_SESSION) | (p.slots << ST_SLOTS) | (len(participants) << ST_N)
-    )
+    self.status = (sid << ST_SESSION) | (p.slots << ST_SLOTS) | (len(participants) << ST_N)
     self.rho_wad = p.rho0_wad
+    self.acc = ACC_MARK
     self.round_deadline = block.number + p.deadline_blocks
     log SessionOpened(
         session=sid,
@@ -331,53 +361,79 @@ def open_session(
 
 
 @external
-def submit(session: uint256, round: uint256, x: DynArray[uint256, MAX_WORDS]):
+def submit(
+    session: uint256,
+    round: uint256,
+    x: DynArray[uint256, MAX_WORDS],
+    x_prev: DynArray[uint256, MAX_WORDS],
+):
     """
-    @notice Submit the sender's x_i for `round` of `session`, packed (see header). The
-            submission that completes the round runs the aggregate update.
+    @notice Submit the sender's x_i for `round` of `session`, packed (see header), with the
+            x_i the contract last took from it. The submission that completes the round
+            runs the aggregate update.
     @param session The current session id.
     @param round The current round.
     @param x ceil(T/4) packed words of x_i in 1e-9 kW, each within the device's bounds.
+    @param x_prev The sender's previous submission in this session, exactly as sent (its
+           hash is checked); empty before its first.
     """
     dw: uint256 = self.device_word[msg.sender]
     assert dw & REGISTERED != 0, "not whitelisted"
-    lo: int256 = self._lane(dw, 0)
-    hi: int256 = self._lane(dw, 1)
     status: uint256 = self.status
     assert session != 0 and session == status >> ST_SESSION, "wrong session"
     assert (status >> ST_FINAL) & 1 == 0, "session finalized"
     assert round == status & ROUND_MASK, "wrong round"
-    st: uint256 = self.dev_state[session][msg.sender]
-    assert st & IDX_MASK != 0, "device not in session"
-    assert (st >> ROUND_SHIFT) & ROUND_MASK != round + 1, "already submitted"
+    st: uint256 = self.dev[msg.sender]
+    assert st >> DEV_SESSION == session, "device not in session"
+    assert (st >> DEV_ROUND) & M48 != round + 1, "already submitted"
     slots: uint256 = (status >> ST_SLOTS) & M32
     words: uint256 = (slots + LANES - 1) // LANES
     assert len(x) == words, "wrong length"
+    prev_hash: uint256 = st & HASH_MASK
+    if prev_hash == 0:
+        assert len(x_prev) == 0, "x_prev must be empty before the first submission"
+    else:
+        assert len(x_prev) == words and self._hash(x_prev) == prev_hash, "x_prev mismatch"
 
-    nxt: uint256 = 1 - ((st >> CUR_SHIFT) & 1)
-    key: uint256 = self._key(session, msg.sender)
-    base: uint256 = nxt * MAX_WORDS
+    lo: int256 = self._lane(dw, 0)
+    hi: int256 = self._lane(dw, 1)
+    sqx_delta: int256 = 0  # |x_new|^2 - |x_prev|^2
+    sqdx: int256 = 0  # |x_new - x_prev|^2
     for w: uint256 in range(words, bound=MAX_WORDS):
-        word: uint256 = x[w]
+        nw: uint256 = x[w]
+        ow: uint256 = 0
+        if prev_hash != 0:
+            ow = x_prev[w]
+        acc_w: uint256 = self.sum_w[w]
         for j: uint256 in range(LANES):
-            z: uint256 = (word >> unsafe_mul(j, 64)) & LANE_MASK  # _lane, inlined
-            v: int256 = convert(z >> 1, int256)
-            if z & 1 == 1:
-                v = unsafe_sub(-v, 1)
-            if unsafe_add(w * LANES, j) < slots:
-                assert v >= lo and v <= hi, "x out of bounds"
+            sh: uint256 = unsafe_mul(j, 64)
+            xn: int256 = self._dec(nw, sh)
+            if unsafe_add(unsafe_mul(w, LANES), j) < slots:
+                assert xn >= lo and xn <= hi, "x out of bounds"
             else:
-                assert v == 0, "nonzero padding"
-        self.xbuf[key][base + w] = word
+                assert xn == 0, "nonzero padding"
+            xo: int256 = self._dec(ow, sh)
+            dx: int256 = unsafe_sub(xn, xo)  # int64 lanes: no overflow
+            sqx_delta = unsafe_add(sqx_delta, unsafe_sub(unsafe_mul(xn, xn), unsafe_mul(xo, xo)))
+            sqdx = unsafe_add(sqdx, unsafe_mul(dx, dx))
+            # S += dx in lane j; the lane stays in range (N * B < 2^62), so the modular
+            # word arithmetic is exact
+            if dx >= 0:
+                acc_w = unsafe_add(acc_w, convert(dx, uint256) << sh)
+            else:
+                acc_w = unsafe_sub(acc_w, convert(-dx, uint256) << sh)
+        self.sum_w[w] = acc_w
 
-    self.dev_state[session][msg.sender] = (
-        (st & IDX_MASK) | ((round + 1) << ROUND_SHIFT) | (nxt << CUR_SHIFT)
-    )
+    a: uint256 = self.acc
+    sq_x: int256 = convert(a & M128, int256) + sqx_delta
+    sq_dx: int256 = convert((a >> 128) & M127, int256) + sqdx
+    self.acc = ACC_MARK | (convert(sq_dx, uint256) << 128) | convert(sq_x, uint256)
+    self.dev[msg.sender] = (session << DEV_SESSION) | ((round + 1) << DEV_ROUND) | self._hash(x)
     count: uint256 = ((status >> ST_SUBMITTED) & M32) + 1
     self.status = status + (1 << ST_SUBMITTED)
     log Submitted(session=session, round=round, device=msg.sender, x=x)
     if count == (status >> ST_N) & M32:
-        self._close(session, round)
+        self._close(session, round, 0)
 
 
 @external
@@ -391,7 +447,40 @@ def advance(session: uint256):
     assert session != 0 and session == status >> ST_SESSION, "wrong session"
     assert (status >> ST_FINAL) & 1 == 0, "session finalized"
     assert block.number > self.round_deadline, "round deadline not reached"
-    self._close(session, status & ROUND_MASK)
+    n: uint256 = (status >> ST_N) & M32
+    self._close(session, status & ROUND_MASK, n - ((status >> ST_SUBMITTED) & M32))
+
+
+@external
+def publish_schedule(session: uint256, device: address, x: DynArray[uint256, MAX_WORDS]):
+    """
+    @notice After finalization, anyone may copy a device's final x_i into the registry:
+            it must be the device's last submission (hash checked), as in its Submitted
+            event. Possible until the device joins a later session.
+    @param session A finalized session.
+    @param device A participant that submitted in it.
+    @param x Its last submission, packed.
+    """
+    assert self._is_finalized(session), "session not finalized"
+    st: uint256 = self.dev[device]
+    assert st >> DEV_SESSION == session, "device not in session (or in a later one)"
+    assert st & HASH_MASK != 0, "device never submitted"
+    assert self._hash(x) == st & HASH_MASK, "not the device's last submission"
+    extcall ScheduleRegistry(registry).store_schedule(session, device, x)
+
+
+@external
+def publish_plan(session: uint256, words: DynArray[uint256, MAX_PLAN_WORDS]):
+    """
+    @notice After finalization, a participant publishes the on/off plans of its switched
+            loads, derived from its final x_i by the rule of mqtt_bridge/plan.py (the
+            contract cannot check a private split; it records who said what, once).
+    @param session A finalized session the sender took part in.
+    @param words The plans, ceil(T/256) words per actuator in scenario order.
+    """
+    assert self._is_finalized(session), "session not finalized"
+    assert self.dev[msg.sender] >> DEV_SESSION == session, "device not in session"
+    extcall ScheduleRegistry(registry).store_plan(session, msg.sender, words)
 
 
 # ---------------------------------------------------------------- reads
@@ -412,99 +501,60 @@ def current() -> Current:
     if sid == 0 or (status >> ST_FINAL) & 1 == 1:
         return out
     slots: uint256 = (status >> ST_SLOTS) & M32
+    n: int256 = convert((status >> ST_N) & M32, int256)
     out.active = True
     out.session = sid
     out.round = status & ROUND_MASK
     out.rho_wad = self.rho_wad
     out.deadline = self.round_deadline
     out.submitted = (status >> ST_SUBMITTED) & M32
-    out.xbar = self._unpack_storage(0, slots)
-    out.zbar = self._unpack_storage(1, slots)
-    out.u = self._unpack_storage(2, slots)
+    for w: uint256 in range((slots + LANES - 1) // LANES, bound=MAX_WORDS):
+        sw: uint256 = self.snap_w[w]
+        zw: uint256 = self.zbar_w[w] ^ STATE_FLIP
+        uw: uint256 = self.u_w[w] ^ STATE_FLIP
+        for j: uint256 in range(LANES):
+            if w * LANES + j < slots:
+                out.xbar.append(self._step2_average(self._biased(sw, j * 64), n))
+                out.zbar.append(self._lane(zw, j))
+                out.u.append(self._lane(uw, j))
     return out
 
 
 @view
 @external
-def schedule(session: uint256, device: address) -> ScheduleEntry:
+def x_hash(device: address) -> (uint256, uint256, uint256):
     """
-    @notice A device's final x_i in `session`, with the finalization round, block and time;
-            `finalized` is False (and the rest empty) before finalization.
-    @param session The session id.
-    @param device A participant of that session.
-    @return (finalized, converged, round, block, timestamp, x in 1e-9 kW).
+    @notice What the contract keeps of a device's last submission.
+    @param device The device address.
+    @return (session, last submitted round + 1 (0: none), 160-bit keccak of its packed x).
     """
-    out: ScheduleEntry = empty(ScheduleEntry)
-    f: Final = self.finals[session]
-    if not f.finalized:
-        return out
-    st: uint256 = self.dev_state[session][device]
-    assert st & IDX_MASK != 0, "device not in session"
-    out.finalized = True
-    out.converged = f.converged
-    out.round = f.round
-    out.block = f.block
-    out.timestamp = f.timestamp
-    out.x = self._device_x(session, device, st)
-    return out
-
-
-@view
-@external
-def last_x(session: uint256, device: address) -> DynArray[int256, MAX_SLOTS]:
-    """
-    @notice The x_i the contract holds for `device`: its last submission (or zeros before
-            its first), i.e. what the last closed round used. A device resumes from this.
-    @param session The session id.
-    @param device A participant of that session.
-    @return x_i in 1e-9 kW, T values.
-    """
-    st: uint256 = self.dev_state[session][device]
-    assert st & IDX_MASK != 0, "device not in session"
-    return self._device_x(session, device, st)
+    st: uint256 = self.dev[device]
+    return st >> DEV_SESSION, (st >> DEV_ROUND) & M48, st & HASH_MASK
 
 
 @view
 @external
 def has_submitted(session: uint256, round: uint256, device: address) -> bool:
     """
-    @notice Whether `device` has submitted for `round` of `session`.
+    @notice Whether `device` has submitted for `round` of `session` (the latest session).
     @param session The session id.
     @param round The round.
     @param device The device address.
     @return True once its submission for that round is in.
     """
-    st: uint256 = self.dev_state[session][device]
-    return (st >> ROUND_SHIFT) & ROUND_MASK == round + 1
-
-
-@external
-def publish_plan(session: uint256, words: DynArray[uint256, MAX_PLAN_WORDS]):
-    """
-    @notice After finalization, a participant publishes the on/off plans of its switched
-            loads, derived from its final x_i by the rule of mqtt_bridge/plan.py (the
-            contract cannot check a private split; it records who said what, once).
-    @param session A finalized session the sender took part in.
-    @param words The plans, ceil(T/256) words per actuator in scenario order.
-    """
-    assert self.finals[session].finalized, "session not finalized"
-    assert self.dev_state[session][msg.sender] & IDX_MASK != 0, "device not in session"
-    assert len(words) > 0, "empty plan"
-    assert len(self.plans[session][msg.sender]) == 0, "plan already published"
-    self.plans[session][msg.sender] = words
-    log PlanPublished(session=session, device=msg.sender, words=words)
+    st: uint256 = self.dev[device]
+    return st >> DEV_SESSION == session and (st >> DEV_ROUND) & M48 == round + 1
 
 
 @view
 @external
-def plan(session: uint256, device: address) -> DynArray[uint256, MAX_PLAN_WORDS]:
+def is_finalized(session: uint256) -> bool:
     """
-    @notice The on/off plans `device` published for `session` (empty before).
+    @notice Whether `session` exists and is finalized.
     @param session The session id.
-    @param device The device address.
-    @return The plan words.
+    @return True once finalized.
     """
-    return self.plans[session][device]
+    return self._is_finalized(session)
 
 
 @view
@@ -515,6 +565,16 @@ def session_id() -> uint256:
     @return Its id.
     """
     return self.status >> ST_SESSION
+
+
+@view
+@external
+def session_size() -> uint256:
+    """
+    @notice N of the latest session.
+    @return Its number of participants.
+    """
+    return (self.status >> ST_N) & M32
 
 
 @view
@@ -551,18 +611,195 @@ def device_bounds(device: address) -> Bounds:
     )
 
 
-@view
-@external
-def session_devices(session: uint256) -> DynArray[address, MAX_DEVICES]:
-    """
-    @notice The participants of `session`, in submission-index order.
-    @param session The session id.
-    @return Their addresses.
-    """
-    return self.devices[session]
+# ---------------------------------------------------------------- the steps of reference.py
 
 
-# ---------------------------------------------------------------- internals
+@internal
+@pure
+def _step2_average(s: int256, n: int256) -> int256:
+    """Step 2: xbar_t = S_t / N."""
+    return self._div(s, n)
+
+
+@internal
+@pure
+def _step3_zbar(
+    a: int256, price: int256, cap: int256, exp: int256, rho: int256, den: int256,
+    delta: int256, n: int256
+) -> int256:
+    """Step 3: zbar_t = clip((rho a_t - delta pi_t) / (rho + N delta gamma), -E_t/N, C_t/N)."""
+    z: int256 = self._div(rho * a - delta * price, den)
+    z = max(z, -self._div(exp, n))
+    return min(z, self._div(cap, n))
+
+
+@internal
+@pure
+def _step4_u(u: int256, xbar: int256, zbar: int256) -> int256:
+    """Step 4: u_t + xbar_t - zbar_t."""
+    return u + xbar - zbar
+
+
+@internal
+@pure
+def _step5_residuals(
+    c: CloseSums, sq_x: int256, sq_dx: int256, n: int256, slots: uint256, rho: int256,
+    p: AdmmParams
+) -> Residuals:
+    """Step 5: r, s, eps_pri, eps_dual from the round's sums (see header)."""
+    res: Residuals = empty(Residuals)
+    res.r = self._sqrt_wad(n * c.r2)
+    res.s = self._div(rho * self._sqrt_wad(sq_dx - 2 * c.sdx_d + n * c.dd), WAD)
+    sqrt_p: int256 = convert(isqrt(convert(n, uint256) * slots * WAD_U * WAD_U), int256)
+    abs_part: int256 = self._div(sqrt_p * p.eps_abs_wad, WAD)
+    norm_x: int256 = self._sqrt_wad(sq_x)
+    norm_z: int256 = self._sqrt_wad(sq_x + 2 * c.s_zx + n * c.r2)
+    res.eps_pri = abs_part + self._div(p.eps_rel_wad * max(norm_x, norm_z), WAD)
+    res.eps_dual = abs_part + self._div(
+        self._div(p.eps_rel_wad * rho, WAD) * self._sqrt_wad(n * c.uu), WAD
+    )
+    return res
+
+
+@internal
+@pure
+def _step6_balance(res: Residuals, rho: int256, p: AdmmParams) -> (int256, int256, int256):
+    """Step 6: residual balancing. Returns (rho_next, num, den): u is rescaled by num/den."""
+    if res.r * WAD > p.mu_wad * res.s:
+        nxt: int256 = self._div(rho * p.tau_wad, WAD)
+        if nxt <= RHO_MAX:
+            return nxt, WAD, p.tau_wad
+    elif res.s * WAD > p.mu_wad * res.r:
+        nxt: int256 = self._div(rho * WAD, p.tau_wad)
+        if nxt >= RHO_MIN:
+            return nxt, p.tau_wad, WAD
+    return rho, WAD, WAD
+
+
+@internal
+def _close(session: uint256, round: uint256, stragglers: uint256):
+    """Steps 2-6 for the round, word by word over T (never over the devices), then the
+    next round or finalization."""
+    p: AdmmParams = self.params
+    words: uint256 = (p.slots + LANES - 1) // LANES
+    n: int256 = convert((self.status >> ST_N) & M32, int256)
+    rho: int256 = self.rho_wad
+    den: int256 = rho + self._div(n * p.delta_wad * p.gamma_wad, WAD)
+    u: int256[MAX_SLOTS] = empty(int256[MAX_SLOTS])
+    xw: DynArray[uint256, MAX_WORDS] = []
+    zw: DynArray[uint256, MAX_WORDS] = []
+    c: CloseSums = empty(CloseSums)
+    for w: uint256 in range(words, bound=MAX_WORDS):
+        sw: uint256 = self.sum_w[w]
+        snw: uint256 = self.snap_w[w]
+        zbw: uint256 = self.zbar_w[w] ^ STATE_FLIP
+        uw: uint256 = self.u_w[w] ^ STATE_FLIP
+        pw: uint256 = self.price_w[w]
+        cw: uint256 = self.capacity_w[w]
+        ew: uint256 = self.export_w[w]
+        xout: uint256 = 0
+        zout: uint256 = 0
+        for j: uint256 in range(LANES):
+            t: uint256 = unsafe_add(unsafe_mul(w, LANES), j)
+            if t >= p.slots:
+                break
+            sh: uint256 = unsafe_mul(j, 64)
+            s_t: int256 = self._biased(sw, sh)
+            ds_t: int256 = s_t - self._biased(snw, sh)  # sum_i dx_i
+            xb: int256 = self._step2_average(s_t, n)
+            uo: int256 = self._dec(uw, sh)
+            zb: int256 = self._step3_zbar(
+                uo + xb, self._dec(pw, sh), self._dec(cw, sh), self._dec(ew, sh), rho, den,
+                p.delta_wad, n
+            )
+            un: int256 = self._step4_u(uo, xb, zb)
+            u[t] = un
+            xout |= self._enc(xb) << sh
+            zout |= self._enc(zb) << sh
+            gap: int256 = zb - xb
+            d: int256 = (xb - self._step2_average(s_t - ds_t, n)) - (zb - self._dec(zbw, sh))
+            c.r2 += gap * gap
+            c.dd += d * d
+            c.sdx_d += ds_t * d
+            c.s_zx += s_t * gap
+            c.uu += un * un
+        self.snap_w[w] = sw
+        self.zbar_w[w] = zout ^ STATE_FLIP
+        xw.append(xout)
+        zw.append(zout)
+
+    a: uint256 = self.acc
+    res: Residuals = self._step5_residuals(
+        c, convert(a & M128, int256), convert((a >> 128) & M127, int256), n, p.slots, rho, p
+    )
+    self.acc = ACC_MARK | (a & M128)  # SQDX restarts for the next round
+    converged: bool = res.r <= res.eps_pri and res.s <= res.eps_dual
+
+    rho_next: int256 = rho
+    num: int256 = WAD
+    dnm: int256 = WAD
+    if not converged:
+        rho_next, num, dnm = self._step6_balance(res, rho, p)
+
+    # store u (after balancing); a u beyond int64 ends the session as diverged
+    diverged: bool = False
+    uw_out: DynArray[uint256, MAX_WORDS] = []
+    for w: uint256 in range(words, bound=MAX_WORDS):
+        out: uint256 = 0
+        for j: uint256 in range(LANES):
+            t: uint256 = unsafe_add(unsafe_mul(w, LANES), j)
+            if t >= p.slots:
+                break
+            v: int256 = u[t]
+            if num != dnm:
+                v = self._div(v * num, dnm)
+            if v > MAX_LANE or v < -MAX_LANE:
+                diverged = True
+                v = 0
+            out |= self._enc(v) << unsafe_mul(j, 64)
+        self.u_w[w] = out ^ STATE_FLIP
+        uw_out.append(out)
+    self.rho_wad = rho_next
+
+    log RoundClosed(
+        session=session,
+        round=round,
+        r=res.r,
+        s=res.s,
+        eps_pri=res.eps_pri,
+        eps_dual=res.eps_dual,
+        rho=rho,
+        rho_next=rho_next,
+        converged=converged,
+        stragglers=stragglers,
+        xbar=xw,
+        zbar=zw,
+        u=uw_out,
+    )
+
+    status: uint256 = self.status
+    if converged or diverged or round + 1 >= p.max_rounds:
+        self.status = status | (1 << ST_FINAL)
+        extcall ScheduleRegistry(registry).record_final(
+            session,
+            Final(
+                finalized=True,
+                converged=converged,
+                round=round,
+                block=block.number,
+                timestamp=block.timestamp,
+                devices=convert(n, uint256),
+                slots=p.slots,
+            ),
+        )
+        log Finalized(session=session, round=round, converged=converged, diverged=diverged)
+    else:
+        # next round, no submissions yet
+        self.status = (status >> ST_N << ST_N) | (round + 1)
+        self.round_deadline = block.number + p.deadline_blocks
+
+
+# ---------------------------------------------------------------- helpers
 
 
 @internal
@@ -572,14 +809,44 @@ def _only_operator():
 
 
 @internal
+@view
+def _is_finalized(session: uint256) -> bool:
+    status: uint256 = self.status
+    sid: uint256 = status >> ST_SESSION
+    if session == 0 or session > sid:
+        return False
+    return session < sid or (status >> ST_FINAL) & 1 == 1
+
+
+@internal
+@pure
+def _hash(x: DynArray[uint256, MAX_WORDS]) -> uint256:
+    """160 bits of keccak256(abi_encode(x)): what the contract keeps of a submission."""
+    return convert(keccak256(abi_encode(x)), uint256) & HASH_MASK
+
+
+@internal
 @pure
 def _lane(word: uint256, j: uint256) -> int256:
     """Lane j of a packed word, zigzag-decoded."""
-    z: uint256 = (word >> (j * 64)) & LANE_MASK
-    v: int256 = convert(z >> 1, int256)
+    return self._dec(word, j * 64)
+
+
+@internal
+@pure
+def _dec(word: uint256, sh: uint256) -> int256:
+    """The zigzag lane at bit `sh` of a packed word."""
+    z: uint256 = (word >> sh) & LANE_MASK
     if z & 1 == 1:
-        return -v - 1
-    return v
+        return unsafe_sub(-convert(z >> 1, int256), 1)
+    return convert(z >> 1, int256)
+
+
+@internal
+@pure
+def _biased(word: uint256, sh: uint256) -> int256:
+    """The biased lane at bit `sh` of an S word."""
+    return convert((word >> sh) & LANE_MASK, int256) - BIAS
 
 
 @internal
@@ -608,273 +875,3 @@ def _sqrt_wad(v: int256) -> int256:
     """sqrt(v * 1e-18) in 1e-18 units, rounded down (v in 1e-18 units^2, v >= 0)."""
     return convert(isqrt(convert(v, uint256) * WAD_U), int256)
 
-
-@internal
-@view
-def _unpack_storage(which: uint256, slots: uint256) -> DynArray[int256, MAX_SLOTS]:
-    out: DynArray[int256, MAX_SLOTS] = []
-    for w: uint256 in range((slots + LANES - 1) // LANES, bound=MAX_WORDS):
-        word: uint256 = 0
-        if which == 0:
-            word = self.xbar_w[w] ^ STATE_FLIP
-        elif which == 1:
-            word = self.zbar_w[w] ^ STATE_FLIP
-        else:
-            word = self.u_w[w] ^ STATE_FLIP
-        for j: uint256 in range(LANES):
-            if w * LANES + j < slots:
-                out.append(self._lane(word, j))
-    return out
-
-
-@internal
-@view
-def _device_x(session: uint256, device: address, st: uint256) -> DynArray[int256, MAX_SLOTS]:
-    """The current buffer of a device (state word `st`), unpacked."""
-    out: DynArray[int256, MAX_SLOTS] = []
-    slots: uint256 = self.slots_of[session]
-    base: uint256 = ((st >> CUR_SHIFT) & 1) * MAX_WORDS
-    key: uint256 = self._key(session, device)
-    for w: uint256 in range((slots + LANES - 1) // LANES, bound=MAX_WORDS):
-        word: uint256 = self.xbuf[key][base + w]
-        for j: uint256 in range(LANES):
-            if w * LANES + j < slots:
-                out.append(self._lane(word, j))
-    return out
-
-
-@internal
-@pure
-def _key(session: uint256, device: address) -> uint256:
-    """The xbuf key of a device in a session (session ids stay far below 2**96)."""
-    return (session << 160) | convert(device, uint256)
-
-
-@internal
-@pure
-def _dec(word: uint256, sh: uint256) -> int256:
-    """The zigzag lane at bit `sh` of a packed word."""
-    z: uint256 = (word >> sh) & LANE_MASK
-    if z & 1 == 1:
-        return unsafe_sub(-convert(z >> 1, int256), 1)
-    return convert(z >> 1, int256)
-
-
-@internal
-def _close(session: uint256, round: uint256):
-    """Steps 2-6 of the reference for the round, then next round or finalization.
-    Word by word: the N devices' words of 4 slots, then steps 2-4 for those slots."""
-    p: AdmmParams = self.params
-    words: uint256 = (p.slots + LANES - 1) // LANES
-    width: uint256 = words * LANES
-    participants: DynArray[address, MAX_DEVICES] = self.devices[session]
-    n: int256 = convert(len(participants), int256)
-
-    # where each device's current and previous x_i are (the same for a straggler: dx = 0)
-    new_base: DynArray[uint256, MAX_DEVICES] = []
-    old_base: DynArray[uint256, MAX_DEVICES] = []
-    stragglers: uint256 = 0
-    for d: address in participants:
-        st: uint256 = self.dev_state[session][d]
-        nb: uint256 = ((st >> CUR_SHIFT) & 1) * MAX_WORDS
-        new_base.append(nb)
-        if (st >> ROUND_SHIFT) & ROUND_MASK == round + 1:
-            old_base.append(MAX_WORDS - nb)
-        else:
-            old_base.append(nb)
-            stragglers += 1
-
-    rho: int256 = self.rho_wad
-    den: int256 = rho + self._div(n * p.delta_wad * p.gamma_wad, WAD)
-    u: int256[MAX_SLOTS] = empty(int256[MAX_SLOTS])
-    xw: DynArray[uint256, MAX_WORDS] = []
-    zw: DynArray[uint256, MAX_WORDS] = []
-    sq_x: int256 = 0  # sum_i |x_i|^2
-    sq_dx: int256 = 0  # sum_i |dx_i|^2
-    r2: int256 = 0  # |xbar - zbar|^2
-    dd: int256 = 0  # |d|^2, d = dxbar - dzbar
-    sdx_d: int256 = 0  # <sum_i dx_i, d>
-    sx_zx: int256 = 0  # <sum_i x_i, zbar - xbar>
-    uu: int256 = 0  # |u|^2 (before balancing)
-    for w: uint256 in range(words, bound=MAX_WORDS):
-        # step 2 sums over devices; unchecked (int64 lanes, at most 256 devices) and the 4
-        # lanes unrolled, as this is the N*T inner loop
-        sx0: int256 = 0
-        sx1: int256 = 0
-        sx2: int256 = 0
-        sx3: int256 = 0
-        sdx0: int256 = 0
-        sdx1: int256 = 0
-        sdx2: int256 = 0
-        sdx3: int256 = 0
-        for k: uint256 in range(len(participants), bound=MAX_DEVICES):
-            key: uint256 = self._key(session, participants[k])
-            nb: uint256 = new_base[k]
-            ob: uint256 = old_base[k]
-            nw: uint256 = self.xbuf[key][unsafe_add(nb, w)]
-            ow: uint256 = nw
-            if ob != nb:
-                ow = self.xbuf[key][unsafe_add(ob, w)]
-            z: uint256 = 0
-            xn: int256 = 0
-            dx: int256 = 0
-            z = (nw) & LANE_MASK
-            xn = convert(z >> 1, int256)
-            if z & 1 == 1:
-                xn = unsafe_sub(-xn, 1)
-            sx0 = unsafe_add(sx0, xn)
-            sq_x = unsafe_add(sq_x, unsafe_mul(xn, xn))
-            if ow != nw:
-                z = (ow) & LANE_MASK
-                dx = convert(z >> 1, int256)
-                if z & 1 == 1:
-                    dx = unsafe_sub(-dx, 1)
-                dx = unsafe_sub(xn, dx)
-                sdx0 = unsafe_add(sdx0, dx)
-                sq_dx = unsafe_add(sq_dx, unsafe_mul(dx, dx))
-            z = (nw >> 64) & LANE_MASK
-            xn = convert(z >> 1, int256)
-            if z & 1 == 1:
-                xn = unsafe_sub(-xn, 1)
-            sx1 = unsafe_add(sx1, xn)
-            sq_x = unsafe_add(sq_x, unsafe_mul(xn, xn))
-            if ow != nw:
-                z = (ow >> 64) & LANE_MASK
-                dx = convert(z >> 1, int256)
-                if z & 1 == 1:
-                    dx = unsafe_sub(-dx, 1)
-                dx = unsafe_sub(xn, dx)
-                sdx1 = unsafe_add(sdx1, dx)
-                sq_dx = unsafe_add(sq_dx, unsafe_mul(dx, dx))
-            z = (nw >> 128) & LANE_MASK
-            xn = convert(z >> 1, int256)
-            if z & 1 == 1:
-                xn = unsafe_sub(-xn, 1)
-            sx2 = unsafe_add(sx2, xn)
-            sq_x = unsafe_add(sq_x, unsafe_mul(xn, xn))
-            if ow != nw:
-                z = (ow >> 128) & LANE_MASK
-                dx = convert(z >> 1, int256)
-                if z & 1 == 1:
-                    dx = unsafe_sub(-dx, 1)
-                dx = unsafe_sub(xn, dx)
-                sdx2 = unsafe_add(sdx2, dx)
-                sq_dx = unsafe_add(sq_dx, unsafe_mul(dx, dx))
-            z = (nw >> 192) & LANE_MASK
-            xn = convert(z >> 1, int256)
-            if z & 1 == 1:
-                xn = unsafe_sub(-xn, 1)
-            sx3 = unsafe_add(sx3, xn)
-            sq_x = unsafe_add(sq_x, unsafe_mul(xn, xn))
-            if ow != nw:
-                z = (ow >> 192) & LANE_MASK
-                dx = convert(z >> 1, int256)
-                if z & 1 == 1:
-                    dx = unsafe_sub(-dx, 1)
-                dx = unsafe_sub(xn, dx)
-                sdx3 = unsafe_add(sdx3, dx)
-                sq_dx = unsafe_add(sq_dx, unsafe_mul(dx, dx))
-        sx: int256[LANES] = [sx0, sx1, sx2, sx3]
-        sdx: int256[LANES] = [sdx0, sdx1, sdx2, sdx3]
-
-        # steps 3-4 and the dot products of step 5, for the 4 slots of word w
-        xbw: uint256 = self.xbar_w[w] ^ STATE_FLIP
-        zbw: uint256 = self.zbar_w[w] ^ STATE_FLIP
-        uw: uint256 = self.u_w[w] ^ STATE_FLIP
-        pw: uint256 = self.price_w[w]
-        cw: uint256 = self.capacity_w[w]
-        ew: uint256 = self.export_w[w]
-        xout: uint256 = 0
-        zout: uint256 = 0
-        for j: uint256 in range(LANES):
-            sh: uint256 = unsafe_mul(j, 64)
-            xb: int256 = self._div(sx[j], n)
-            uo: int256 = self._dec(uw, sh)
-            zb: int256 = self._div(rho * (uo + xb) - p.delta_wad * self._dec(pw, sh), den)
-            zb = max(zb, -self._div(self._dec(ew, sh), n))
-            zb = min(zb, self._div(self._dec(cw, sh), n))
-            un: int256 = uo + xb - zb
-            u[unsafe_add(unsafe_mul(w, LANES), j)] = un
-            xout |= self._enc(xb) << sh
-            zout |= self._enc(zb) << sh
-            gap: int256 = zb - xb
-            r2 += gap * gap
-            dv: int256 = (xb - self._dec(xbw, sh)) - (zb - self._dec(zbw, sh))
-            dd += dv * dv
-            sdx_d += sdx[j] * dv
-            sx_zx += sx[j] * gap
-            uu += un * un
-        self.xbar_w[w] = xout ^ STATE_FLIP
-        self.zbar_w[w] = zout ^ STATE_FLIP
-        xw.append(xout)
-        zw.append(zout)
-
-    # step 5: residuals and tolerances
-    res: Residuals = empty(Residuals)
-    res.r = self._sqrt_wad(n * r2)
-    res.s = self._div(rho * self._sqrt_wad(sq_dx - 2 * sdx_d + n * dd), WAD)
-    sqrt_p: int256 = convert(
-        isqrt(convert(n, uint256) * p.slots * WAD_U * WAD_U), int256
-    )
-    abs_part: int256 = self._div(sqrt_p * p.eps_abs_wad, WAD)
-    norm_x: int256 = self._sqrt_wad(sq_x)
-    norm_z: int256 = self._sqrt_wad(sq_x - 2 * sx_zx + n * r2)
-    res.eps_pri = abs_part + self._div(p.eps_rel_wad * max(norm_x, norm_z), WAD)
-    res.eps_dual = abs_part + self._div(
-        self._div(p.eps_rel_wad * rho, WAD) * self._sqrt_wad(n * uu), WAD
-    )
-    converged: bool = res.r <= res.eps_pri and res.s <= res.eps_dual
-
-    # step 6: residual balancing
-    rho_next: int256 = rho
-    if not converged:
-        if res.r * WAD > p.mu_wad * res.s:
-            rho_next = self._div(rho * p.tau_wad, WAD)
-            for t: uint256 in range(width, bound=MAX_SLOTS):
-                u[t] = self._div(u[t] * WAD, p.tau_wad)
-        elif res.s * WAD > p.mu_wad * res.r:
-            rho_next = self._div(rho * WAD, p.tau_wad)
-            for t: uint256 in range(width, bound=MAX_SLOTS):
-                u[t] = self._div(u[t] * p.tau_wad, WAD)
-
-    # store u (after balancing)
-    uw_out: DynArray[uint256, MAX_WORDS] = []
-    for w: uint256 in range(words, bound=MAX_WORDS):
-        c: uint256 = 0
-        for j: uint256 in range(LANES):
-            c |= self._enc(u[unsafe_add(unsafe_mul(w, LANES), j)]) << unsafe_mul(j, 64)
-        self.u_w[w] = c ^ STATE_FLIP
-        uw_out.append(c)
-    self.rho_wad = rho_next
-
-    log RoundClosed(
-        session=session,
-        round=round,
-        r=res.r,
-        s=res.s,
-        eps_pri=res.eps_pri,
-        eps_dual=res.eps_dual,
-        rho=rho,
-        rho_next=rho_next,
-        converged=converged,
-        stragglers=stragglers,
-        xbar=xw,
-        zbar=zw,
-        u=uw_out,
-    )
-
-    if converged or round + 1 >= p.max_rounds:
-        self.finals[session] = Final(
-            finalized=True,
-            converged=converged,
-            round=round,
-            block=block.number,
-            timestamp=block.timestamp,
-        )
-        self.status = self.status | (1 << ST_FINAL)
-        log Finalized(session=session, round=round, converged=converged)
-    else:
-        # next round, no submissions yet
-        status: uint256 = self.status
-        self.status = (status >> ST_N << ST_N) | (round + 1)
-        self.round_deadline = block.number + p.deadline_blocks

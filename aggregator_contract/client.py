@@ -1,27 +1,35 @@
-"""Typed client of the Coordinator contract (web3.py 8), used by device nodes, the MQTT
-bridge, the orchestrator and the tests.
+"""Typed client of the Coordinator and its ScheduleRegistry (web3.py 8), used by device
+nodes, the MQTT bridge, the orchestrator and the tests.
 
     w3 = connect("http://127.0.0.1:8545")             # HTTP + ExtraDataToPOAMiddleware
-    coord = Coordinator.deploy(w3, operator)           # operator: eth_account LocalAccount
+    coord = Coordinator.deploy(w3, operator)           # deploys and binds the registry too
     coord.register_devices([(addr, min_kw, max_kw), ...])
     sid = coord.open_session(feeder, settings, [addr, ...], deadline_blocks=20)
     dev = Coordinator(w3, coord.address, device_account)
     cur = dev.current()                                # CurrentVars | None (finalized)
     dev.submit(sid, cur.round, x)                      # x: np.ndarray (kW), rounded to 1e-9
     coord.wait_for_round(sid, cur.round + 1, timeout=60)
+    dev.publish_schedule(sid)                          # after finalization: x_i to the registry
     coord.schedule(sid)                                # Schedule | None before finalization
     coord.rounds(sid), coord.submissions(sid)          # events: replay/verify from the chain
 
-Transactions are signed locally (LocalAccount.sign_transaction + send_raw_transaction; no
-node holds a device key) and sent one at a time per account, each waited for. Fees (the
-chain's, chain/genesis.py): EIP-1559 with maxPriorityFeePerGas = 1 gwei (== every node's
---miner.gasprice, so txs relayed over p2p are mined) and maxFeePerGas = 2*baseFee + tip.
-Gas: estimated for deploy/register/open (operator, rare); a fixed bound for submit/advance
-(`close_gas_bound`), because whether a submission closes the round (~2.8M gas at T=96,
-N=10, vs ~0.22M) is only known when it is mined. Nonces are tracked locally per account and
-re-read from the node after a nonce error. Every revert surfaces as CoordinatorError with
-the contract's reason: a dry run (eth_call) precedes each send, and a mined revert is
-replayed to recover its reason.
+The boundary is typed: results are decoded by field name (web3's `decode_tuples`), and
+every refusal of the contract is raised as the subclass of CoordinatorError named after its
+kind (WrongRound, NotWhitelisted, OutOfBounds, AlreadySubmitted, ...), NotMined when a
+transaction did not get mined. A caller catches the kinds it expects and nothing else.
+
+Transaction data is encoded with web3's public `Contract.encode_abi`, signed locally
+(LocalAccount.sign_transaction + send_raw_transaction; no node holds a device key) and sent
+one at a time per account. Fees (the chain's, chain/genesis.py): EIP-1559 with
+maxPriorityFeePerGas = 1 gwei (== every node's --miner.gasprice, so txs relayed over p2p are
+mined) and maxFeePerGas = 2*baseFee + tip. Gas: estimated for deploy/register/open (operator,
+rare); a fixed bound for submit/advance (`close_gas_bound`), because whether a submission
+closes the round is only known when it is mined. Nonces are tracked locally per account and
+re-read from the node after a nonce error. A dry run (eth_estimateGas) precedes the
+operator's sends; a mined revert is replayed to recover its reason.
+
+The contract keeps only a hash of each device's last submission: `submit` sends the previous
+x_i along (from memory, or after a restart from the device's last Submitted event).
 
 Units: the client speaks kW, $/kWh, hours and plain floats; fixed_point.py converts.
 """
@@ -36,27 +44,85 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from eth_abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractLogicError, Web3RPCError
 
 from aggregator_contract import fixed_point as fp
-from aggregator_contract.compile import compile_coordinator
+from aggregator_contract.compile import load as load_artifact
 from aggregator_contract.reference import AdmmSettings, Feeder
 from chain.genesis import tx_fees
 
 RECEIPT_TIMEOUT = 120.0
 
 
+# ---------------------------------------------------------------- refusals
+
+
 class CoordinatorError(RuntimeError):
-    """A transaction or call the contract rejected (`reason` is its revert string), or that
-    did not get mined."""
+    """A transaction or call the contracts rejected (`reason` is the revert string)."""
+
+    reasons: tuple[str, ...] = ()  # revert strings of this kind (prefixes)
 
     def __init__(self, what: str, reason: str) -> None:
         super().__init__(f"{what}: {reason}")
         self.what = what
         self.reason = reason
+
+
+class WrongRound(CoordinatorError):
+    """For a round (or session) that is not the open one: the round moved on."""
+
+    reasons = ("wrong round", "wrong session", "session finalized")
+
+
+class AlreadySubmitted(CoordinatorError):
+    reasons = ("already submitted",)
+
+
+class NotWhitelisted(CoordinatorError):
+    """The sender (or a listed device) is not whitelisted, or not in the session."""
+
+    reasons = ("not whitelisted", "device not whitelisted", "device not in session",
+               "only operator", "only coordinator", "only deployer")
+
+
+class OutOfBounds(CoordinatorError):
+    """A value outside what the contract accepts (device bounds, lengths, padding, limits)."""
+
+    reasons = ("x out of bounds", "wrong length", "nonzero padding", "bound beyond",
+               "min above max", "N * ")
+
+
+class StalePrevious(CoordinatorError):
+    """x_prev was not the device's last submission."""
+
+    reasons = ("x_prev",)
+
+
+class NotMined(CoordinatorError):
+    """Sent but not mined in time, or refused by the node."""
+
+
+class Refused(CoordinatorError):
+    """Any other refusal (the reason says which)."""
+
+
+_KINDS: tuple[type[CoordinatorError], ...] = (WrongRound, AlreadySubmitted, NotWhitelisted,
+                                              OutOfBounds, StalePrevious)
+
+
+def refusal(what: str, reason: str) -> CoordinatorError:
+    """The typed exception of a revert reason."""
+    for kind in _KINDS:
+        if reason.startswith(kind.reasons):
+            return kind(what, reason)
+    return Refused(what, reason)
+
+
+# ---------------------------------------------------------------- typed results
 
 
 @dataclass(frozen=True)
@@ -73,7 +139,8 @@ class CurrentVars:
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """One RoundClosed event. xbar, zbar in kW; u after residual balancing."""
+    """One RoundClosed event. xbar, zbar in kW; u after residual balancing. The `*_wad`
+    fields are the contract's integers (1e-18), for bit-exact verification."""
 
     session: int
     round: int
@@ -90,6 +157,7 @@ class RoundRecord:
     u: np.ndarray
     block: int
     tx_hash: str
+    raw: dict  # the event's integer fields and packed words, as emitted
 
 
 @dataclass(frozen=True)
@@ -98,6 +166,7 @@ class Submission:
     round: int
     device: str
     x: np.ndarray  # kW, as the contract holds it
+    words: tuple[int, ...]  # as sent (packed)
     block: int
     tx_hash: str
 
@@ -112,13 +181,14 @@ class SessionInfo:
     settings: AdmmSettings
     deadline_blocks: int
     block: int
+    raw_params: dict  # the contract's integers
 
 
 @dataclass(frozen=True)
 class Schedule:
     session: int
     round: int  # the last round
-    converged: bool  # False: max rounds reached
+    converged: bool  # False: max rounds reached (or diverged)
     block: int
     timestamp: int
     x: dict[str, np.ndarray]  # device address -> x_i (kW)
@@ -136,12 +206,24 @@ def connect(url: str, timeout: float = 60.0) -> Web3:
     return w3
 
 
-def close_gas_bound(devices: int, slots: int) -> int:
-    """Gas limit of a submission that may close the round (measured on geth: 2.84M at
-    N=10, T=96; 3.30M in a session's first rounds, whose storage starts empty), with headroom
-    (3.9M there)."""
-    words = fp.words_for(slots)
-    return 1_000_000 + devices * words * 8_000 + words * 40_000
+# Gas of a submission that may close the round, measured on geth v1.13.15 with `make
+# bench-gas` (T=96): ~180k for a plain submission, ~0.8M for the closing one, whatever N.
+# The bound scales with T and keeps 50% headroom.
+def close_gas_bound(slots: int) -> int:
+    """Gas limit of a submission (or advance) that may close the round."""
+    return 200_000 + fp.words_for(slots) * 45_000
+
+
+def open_session_gas(devices: int, slots: int) -> int:
+    """An upper bound of open_session's gas (first session of a fresh contract: every
+    storage word written from zero), for the scale check against the block gas limit."""
+    return 600_000 + fp.words_for(slots) * 7 * 22_200 + devices * 32_000
+
+
+def words_hash(words: Sequence[int]) -> int:
+    """The 160-bit hash the contract keeps of a submission: keccak(abi_encode(uint256[]))."""
+    return int.from_bytes(keccak(abi_encode(["uint256[]"], [list(words)])), "big") & (
+        2**160 - 1)
 
 
 class _Nonces:
@@ -179,7 +261,7 @@ def _reason(err: Exception) -> str:
 
 @dataclass
 class PendingTx:
-    """A sent transaction; `receipt()` waits for it and raises with the revert reason."""
+    """A sent transaction; `receipt()` waits for it and raises the typed refusal."""
 
     w3: Web3
     tx: dict
@@ -192,8 +274,7 @@ class PendingTx:
                                                                poll_latency=0.02)
         except Exception as e:  # noqa: BLE001 - web3's TimeExhausted and transport errors
             _Nonces.forget(self.w3, self.tx["from"])
-            raise CoordinatorError(self.what,
-                                   f"tx {self.tx_hash.hex()} not mined: {e}") from None
+            raise NotMined(self.what, f"tx {self.tx_hash.hex()} not mined: {e}") from None
         if receipt["status"] != 1:
             call = {k: self.tx[k] for k in ("from", "to", "data", "value", "gas") if k in self.tx}
             try:
@@ -201,26 +282,27 @@ class PendingTx:
                 reason = "reverted (no reason: out of gas?)"
             except ContractLogicError as e:
                 reason = _reason(e)
-            raise CoordinatorError(self.what, f"tx {self.tx_hash.hex()} reverted: {reason}")
+            err = refusal(self.what, reason)
+            err.args = (f"{self.what}: tx {self.tx_hash.hex()} reverted: {reason}",)
+            raise err
         return receipt
 
 
 def send_tx(w3: Web3, account: LocalAccount, tx: dict, what: str, gas: int | None = None,
             timeout: float = RECEIPT_TIMEOUT, wait: bool = True) -> Any:
     """Sign, send and (unless `wait` is False: then a PendingTx) wait for `tx` (a dict with
-    to/data/value); returns the receipt. Raises CoordinatorError with the revert reason.
+    to/data/value, or a contract deployment); returns the receipt. Raises the typed refusal.
 
     Without `gas`, eth_estimateGas is the dry run (it raises with the revert reason). With a
-    fixed `gas` (the submissions, every round) there is no dry run: geth's estimate is a
-    binary search of EVM runs, and for a round-closing submission each run is the whole
-    aggregate update, on every device, every round. A submission that reverts is mined as a
-    failed transaction (contract state unchanged) and its reason recovered by replaying it."""
+    fixed `gas` (the submissions, every round) there is no dry run; a submission that
+    reverts is mined as a failed transaction (state unchanged) and its reason recovered by
+    replaying it."""
     tx = {"from": account.address, "value": 0, **tx}
     if gas is None:
         try:
             gas = int(w3.eth.estimate_gas(tx) * 1.2) + 10_000
         except ContractLogicError as e:
-            raise CoordinatorError(what, _reason(e)) from None
+            raise refusal(what, _reason(e)) from None
     base_fee = w3.eth.get_block("latest")["baseFeePerGas"]
     tx |= tx_fees(base_fee)
     tx["gas"] = gas
@@ -234,31 +316,56 @@ def send_tx(w3: Web3, account: LocalAccount, tx: dict, what: str, gas: int | Non
         except Web3RPCError as e:
             _Nonces.forget(w3, account.address)
             if attempt or "nonce" not in str(e).lower():
-                raise CoordinatorError(what, f"node refused the transaction: {e}") from None
+                raise NotMined(what, f"node refused the transaction: {e}") from None
     pending = PendingTx(w3, tx, tx_hash, what)
     return pending.receipt(timeout) if wait else pending
 
 
 class Coordinator:
-    """A deployed Coordinator. `account` signs transactions; None for read-only use."""
+    """A deployed Coordinator (and its registry). `account` signs; None for read-only use."""
 
     def __init__(self, w3: Web3, address: str, account: LocalAccount | None = None) -> None:
         self.w3 = w3
         self.address = to_checksum_address(address)
         self.account = account
-        self.contract = w3.eth.contract(address=self.address, abi=compile_coordinator().abi)
+        self.contract = w3.eth.contract(address=self.address, abi=load_artifact(
+            "Coordinator").abi, decode_tuples=True)
+        self._registry: Any = None
         self.deploy_receipt: Any = None  # set by deploy()
+        self.deploy_gas: dict[str, int] = {}
         self._sizes: dict[int, int] = {}
+        self._slots_of: dict[int, int] = {}
+        self._sent: dict[int, tuple[int, list[int]]] = {}  # session -> (round, words) last sent
+
+    @property
+    def registry(self) -> Any:
+        """The ScheduleRegistry contract (web3), found from the Coordinator."""
+        if self._registry is None:
+            addr = self.contract.functions.registry().call()
+            self._registry = self.w3.eth.contract(
+                address=addr, abi=load_artifact("ScheduleRegistry").abi, decode_tuples=True)
+        return self._registry
 
     # ---- operator ----------------------------------------------------------------------
 
     @classmethod
     def deploy(cls, w3: Web3, operator: LocalAccount) -> Coordinator:
-        """Deploy a new Coordinator; `operator` pays and becomes its operator."""
-        art = compile_coordinator()
-        receipt = send_tx(w3, operator, {"data": art.bytecode}, "deploy Coordinator")
-        out = cls(w3, receipt["contractAddress"], operator)
-        out.deploy_receipt = receipt
+        """Deploy a ScheduleRegistry and a Coordinator writing to it; `operator` pays,
+        becomes the Coordinator's operator and binds the registry to it."""
+        reg_art, coord_art = load_artifact("ScheduleRegistry"), load_artifact("Coordinator")
+        reg_factory = w3.eth.contract(abi=reg_art.abi, bytecode=reg_art.bytecode)
+        r1 = send_tx(w3, operator, {"data": reg_factory.constructor().data_in_transaction},
+                     "deploy ScheduleRegistry")
+        registry = w3.eth.contract(address=r1["contractAddress"], abi=reg_art.abi,
+                                   decode_tuples=True)
+        factory = w3.eth.contract(abi=coord_art.abi, bytecode=coord_art.bytecode)
+        r2 = send_tx(w3, operator, {"data": factory.constructor(
+            r1["contractAddress"]).data_in_transaction}, "deploy Coordinator")
+        out = cls(w3, r2["contractAddress"], operator)
+        r3 = out._transact(registry.functions.bind(out.address), "bind ScheduleRegistry")
+        out.deploy_receipt = r2
+        out.deploy_gas = {"registry": int(r1["gasUsed"]), "coordinator": int(r2["gasUsed"]),
+                          "bind": int(r3["gasUsed"])}
         return out
 
     def register_devices(self, entries: Iterable[tuple[str, float, float]]) -> Any:
@@ -275,11 +382,9 @@ class Coordinator:
                      deadline_blocks: int) -> int:
         """Open the next session; returns its id."""
         t = feeder.slots
-        params = (t, fp.wad(feeder.delta_h), fp.wad(feeder.gamma), fp.wad(settings.rho0),
-                  fp.wad(settings.eps_abs), fp.wad(settings.eps_rel), fp.wad(settings.mu),
-                  fp.wad(settings.tau), int(settings.max_rounds), int(deadline_blocks))
         fn = self.contract.functions.open_session(
-            params, fp.pack_kw(feeder.price, fp.PRICE_SCALE), fp.pack_kw(feeder.capacity),
+            session_params(feeder, settings, deadline_blocks),
+            fp.pack_kw(feeder.price, fp.PRICE_SCALE), fp.pack_kw(feeder.capacity),
             fp.pack_kw(feeder.export_limit), [to_checksum_address(d) for d in devices])
         receipt = self._transact(fn, f"open_session({len(devices)} devices, T={t})")
         (ev,) = self.contract.events.SessionOpened().process_receipt(receipt)
@@ -288,20 +393,26 @@ class Coordinator:
     # ---- devices and anyone ------------------------------------------------------------
 
     def submit(self, session: int, round: int, x: np.ndarray, wait: bool = True) -> Any:
-        """Submit x_i (kW, length T) for the round; rounded to 1e-9 kW. Returns the receipt
-        (or, with wait=False, a PendingTx whose receipt() waits)."""
+        """Submit x_i (kW, length T) for the round; rounded to 1e-9 kW. The previous
+        submission goes along (see module doc). Returns the receipt (or, with wait=False, a
+        PendingTx whose receipt() waits)."""
         x = np.asarray(x, dtype=float)
-        n = self._session_size(session)
-        fn = self.contract.functions.submit(session, round, fp.pack_kw(x))
-        return self._transact(fn, f"submit(session={session}, round={round})",
-                              gas=close_gas_bound(max(n, 1), x.shape[0]), wait=wait)
+        words = fp.pack_kw(x)
+        prev = self._previous_words(session)
+        fn = self.contract.functions.submit(session, round, words, prev)
+        out = self._transact(fn, f"submit(session={session}, round={round})",
+                             gas=close_gas_bound(x.shape[0]), wait=wait)
+        self._sent[session] = (round, words)
+        return out
+
+    def forget_sent(self, session: int) -> None:
+        """Forget the last submission kept in memory (it was refused): the next submit
+        reads the chain's."""
+        self._sent.pop(session, None)
 
     def topics(self, *events: str) -> list[str]:
         """Log topics (event signature hashes) of the named events, for subscriptions."""
-        from eth_utils import event_abi_to_log_topic
-
-        abis = {e["name"]: e for e in self.contract.abi if e.get("type") == "event"}
-        return ["0x" + event_abi_to_log_topic(abis[name]).hex() for name in events]
+        return [self.contract.events[name].topic for name in events]
 
     @staticmethod
     def rounded(x: np.ndarray) -> np.ndarray:
@@ -310,10 +421,19 @@ class Coordinator:
 
     def advance(self, session: int) -> Any:
         """Close the round after its deadline, stragglers keeping their previous x_i."""
-        n = self._session_size(session)
-        slots = int(self.contract.functions.params().call()[0])
         return self._transact(self.contract.functions.advance(session),
-                              f"advance(session={session})", gas=close_gas_bound(n, slots))
+                              f"advance(session={session})",
+                              gas=close_gas_bound(self._slots(session)))
+
+    def publish_schedule(self, session: int, device: str | None = None) -> Any:
+        """After finalization: copy `device`'s (default: this account's) final x_i into the
+        registry. Anyone may; the contract checks it against the device's last hash."""
+        device = to_checksum_address(device or self._me())
+        words = self.last_words(session, device)
+        if not words:
+            raise Refused(f"publish_schedule({device})", "device never submitted")
+        return self._transact(self.contract.functions.publish_schedule(session, device, words),
+                              f"publish_schedule(session={session}, {device})")
 
     def publish_plan(self, session: int, words: Sequence[int]) -> Any:
         """After finalization: this device's on/off plans (mqtt_bridge.plan words)."""
@@ -322,10 +442,29 @@ class Coordinator:
 
     # ---- reads -------------------------------------------------------------------------
 
+    def last_words(self, session: int, device: str) -> list[int]:
+        """`device`'s last submission in `session`, packed ([] before its first): from
+        its last Submitted event, checked against the hash the contract keeps."""
+        device = to_checksum_address(device)
+        kept = self.contract.functions.x_hash(device).call()
+        sid, rnd, h = int(kept[0]), int(kept[1]), int(kept[2])
+        if sid != session or h == 0:
+            return []
+        logs = self.contract.events.Submitted().get_logs(
+            from_block=0, argument_filters={"session": session, "round": rnd - 1,
+                                            "device": device})
+        for lg in reversed(logs):
+            words = [int(w) for w in lg["args"]["x"]]
+            if words_hash(words) == h:
+                return words
+        raise Refused(f"last_words({device})", f"no Submitted event matches its hash "
+                      f"(session {session}, round {rnd - 1})")
+
     def last_x(self, session: int, device: str) -> np.ndarray:
-        """The x_i the contract holds for `device` (its last submission; zeros before)."""
-        return fp.from_fixed(self.contract.functions.last_x(
-            session, to_checksum_address(device)).call())
+        """The x_i the contract counts for `device` (its last submission; zeros before)."""
+        words = self.last_words(session, device)
+        t = self._slots(session)
+        return fp.unpack_kw(words, t) if words else np.zeros(t)
 
     def has_submitted(self, session: int, round: int, device: str) -> bool:
         return bool(self.contract.functions.has_submitted(
@@ -333,45 +472,54 @@ class Coordinator:
 
     def plan_words(self, session: int, device: str) -> list[int]:
         """The plan words `device` published for `session` ([] before)."""
-        return [int(w) for w in self.contract.functions.plan(
+        return [int(w) for w in self.registry.functions.plan(
             session, to_checksum_address(device)).call()]
 
     def current(self) -> CurrentVars | None:
         """The open round's shared variables; None when no session is open."""
         c = self.contract.functions.current().call()
-        if not c[0]:
+        if not c.active:
             return None
-        return CurrentVars(session=c[1], round=c[2], rho=fp.from_wad(c[3]), deadline=c[4],
-                           submitted=c[5], xbar=fp.from_fixed(c[6]), zbar=fp.from_fixed(c[7]),
-                           u=fp.from_fixed(c[8]))
+        return CurrentVars(session=c.session, round=c.round, rho=fp.from_wad(c.rho_wad),
+                           deadline=c.deadline, submitted=c.submitted,
+                           xbar=fp.from_fixed(c.xbar), zbar=fp.from_fixed(c.zbar),
+                           u=fp.from_fixed(c.u))
 
     def session_id(self) -> int:
         return int(self.contract.functions.session_id().call())
 
     def session_devices(self, session: int) -> list[str]:
-        return list(self.contract.functions.session_devices(session).call())
+        return self.session_info(session).devices
 
     def is_finalized(self, session: int) -> bool:
-        return bool(self.contract.functions.finals(session).call()[0])
+        return bool(self.contract.functions.is_finalized(session).call())
+
+    def final_record(self, session: int, block: int | str = "latest") -> Any:
+        """The registry's record of a finalized session (its `finalized` False before)."""
+        return self.registry.functions.finals(session).call(block_identifier=block)
 
     def schedule(self, session: int, block: int | str = "latest") -> Schedule | None:
-        """Every device's final x_i; None before finalization."""
-        f = self.contract.functions.finals(session).call(block_identifier=block)
-        if not f[0]:
+        """Every device's final x_i; None before finalization. Read from the registry
+        where published, else from the device's last Submitted event (hash-checked)."""
+        f = self.final_record(session, block)
+        if not f.finalized:
             return None
+        t = int(f.slots)
         x = {}
         for d in self.session_devices(session):
-            entry = self.contract.functions.schedule(session, d).call(block_identifier=block)
-            x[d] = fp.from_fixed(entry[5])
-        return Schedule(session=session, converged=bool(f[1]), round=int(f[2]),
-                        block=int(f[3]), timestamp=int(f[4]), x=x)
+            words = self.registry.functions.schedule(session, d).call(block_identifier=block)
+            if not words:
+                words = self.last_words(session, d)
+            x[d] = fp.unpack_kw(words, t) if words else np.zeros(t)
+        return Schedule(session=session, converged=bool(f.converged), round=int(f.round),
+                        block=int(f.block), timestamp=int(f.timestamp), x=x)
 
     def session_info(self, session: int, from_block: int = 0) -> SessionInfo:
         """The parameters of `session`, from its SessionOpened event."""
         logs = self.contract.events.SessionOpened().get_logs(
             from_block=from_block, argument_filters={"session": session})
         if not logs:
-            raise CoordinatorError(f"session_info({session})", "no SessionOpened event")
+            raise Refused(f"session_info({session})", "no SessionOpened event")
         a = logs[0]["args"]
         p = a["params"]
         t = int(p["slots"])
@@ -385,8 +533,10 @@ class Coordinator:
             rho0=fp.from_wad(p["rho0_wad"]), eps_abs=fp.from_wad(p["eps_abs_wad"]),
             eps_rel=fp.from_wad(p["eps_rel_wad"]), max_rounds=int(p["max_rounds"]),
             mu=fp.from_wad(p["mu_wad"]), tau=fp.from_wad(p["tau_wad"]))
+        self._slots_of[session] = t
+        self._sizes[session] = len(a["devices"])
         return SessionInfo(session, list(a["devices"]), feeder, settings,
-                           int(p["deadline_blocks"]), logs[0]["blockNumber"])
+                           int(p["deadline_blocks"]), logs[0]["blockNumber"], dict(p))
 
     def rounds(self, session: int, from_block: int = 0) -> list[RoundRecord]:
         """Every closed round of `session` (RoundClosed events), in order."""
@@ -403,7 +553,9 @@ class Coordinator:
                 rho_next=fp.from_wad(a["rho_next"]), converged=a["converged"],
                 stragglers=a["stragglers"], xbar=fp.unpack_kw(a["xbar"], t),
                 zbar=fp.unpack_kw(a["zbar"], t), u=fp.unpack_kw(a["u"], t),
-                block=lg["blockNumber"], tx_hash=lg["transactionHash"].hex()))
+                block=lg["blockNumber"], tx_hash=lg["transactionHash"].hex(),
+                raw={k: (list(v) if isinstance(v, list | tuple) else v)
+                     for k, v in a.items()}))
         return sorted(out, key=lambda r: r.round)
 
     def submissions(self, session: int, round: int | None = None,
@@ -416,7 +568,8 @@ class Coordinator:
         logs = self.contract.events.Submitted().get_logs(from_block=from_block,
                                                          argument_filters=filt)
         return [Submission(a["session"], a["round"], a["device"], fp.unpack_kw(a["x"], t),
-                           lg["blockNumber"], lg["transactionHash"].hex())
+                           tuple(int(w) for w in a["x"]), lg["blockNumber"],
+                           lg["transactionHash"].hex())
                 for lg in logs for a in [lg["args"]]]
 
     def wait_for_round(self, session: int, round: int, timeout: float = 60.0,
@@ -445,17 +598,36 @@ class Coordinator:
 
     # ---- internals ---------------------------------------------------------------------
 
-    def _session_size(self, session: int) -> int:
-        """N of a session (fixed once open), read once."""
-        if session not in self._sizes:
-            self._sizes[session] = len(self.session_devices(session))
-        return self._sizes[session]
+    def _me(self) -> str:
+        if self.account is None:
+            raise Refused("sign", "this Coordinator client has no account to sign with")
+        return self.account.address
+
+    def _previous_words(self, session: int) -> list[int]:
+        """What the contract holds as this account's last submission: the last one sent
+        when the contract has it, else the chain's (after a restart or a refusal)."""
+        sent = self._sent.get(session)
+        if sent is not None:
+            kept = self.contract.functions.x_hash(self._me()).call()
+            if int(kept[0]) == session and int(kept[2]) == words_hash(sent[1]):
+                return sent[1]
+        return self.last_words(session, self._me())
 
     def _slots(self, session: int) -> int:
-        return int(self.contract.functions.slots_of(session).call())
+        if session not in self._slots_of:
+            self.session_info(session)
+        return self._slots_of[session]
 
     def _transact(self, fn: Any, what: str, gas: int | None = None, wait: bool = True) -> Any:
-        if self.account is None:
-            raise CoordinatorError(what, "this Coordinator client has no account to sign with")
-        tx = {"to": self.address, "data": fn._encode_transaction_data()}
-        return send_tx(self.w3, self.account, tx, what, gas=gas, wait=wait)
+        self._me()
+        data = self.w3.eth.contract(abi=fn.contract_abi).encode_abi(
+            fn.abi_element_identifier, args=fn.args, kwargs=fn.kwargs)
+        return send_tx(self.w3, self.account, {"to": fn.address, "data": data}, what,
+                       gas=gas, wait=wait)
+
+
+def session_params(feeder: Feeder, s: AdmmSettings, deadline_blocks: int) -> tuple:
+    """The contract's AdmmParams tuple of a session."""
+    return (feeder.slots, fp.wad(feeder.delta_h), fp.wad(feeder.gamma), fp.wad(s.rho0),
+            fp.wad(s.eps_abs), fp.wad(s.eps_rel), fp.wad(s.mu), fp.wad(s.tau),
+            int(s.max_rounds), int(deadline_blocks))

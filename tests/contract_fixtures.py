@@ -5,16 +5,18 @@ chain.network (for the web3 client). Import the fixtures into a test module by n
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import boa
 import numpy as np
 import pytest
+from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_utils import keccak
 
 from aggregator_contract import fixed_point as fp
-from aggregator_contract.compile import compile_coordinator
+from aggregator_contract.client import session_params
+from aggregator_contract.compile import load as load_artifact
 from aggregator_contract.reference import AdmmSettings, Feeder
 
 
@@ -45,9 +47,11 @@ class BoxQuadratic:
 
 @dataclass
 class BoaSession:
-    """A deployed Coordinator in boa with registered devices and an open session."""
+    """A deployed Coordinator in boa with registered devices and an open session. Keeps
+    each device's last accepted submission (packed), which `submit` sends as x_prev."""
 
     c: object  # boa ABI contract
+    registry: object
     operator: str
     devices: list[str]
     feeder: Feeder
@@ -55,13 +59,17 @@ class BoaSession:
     deadline_blocks: int
     session: int
     bounds: list[tuple[float, float]]
+    last: dict = field(default_factory=dict)  # device -> packed words of its last submission
 
     def submit(self, i: int, x: np.ndarray, round: int | None = None,
-               session: int | None = None) -> int:
+               session: int | None = None, x_prev: list[int] | None = None) -> int:
         """Submit as device i; returns the gas used by the call."""
         r = self.c.round() if round is None else round
+        words = fp.pack_kw(x)
+        prev = self.last.get(self.devices[i], []) if x_prev is None else x_prev
         with boa.env.prank(self.devices[i]):
-            self.c.submit(self.session if session is None else session, r, fp.pack_kw(x))
+            self.c.submit(self.session if session is None else session, r, words, prev)
+        self.last[self.devices[i]] = words
         return self.c._computation.get_gas_used()
 
     def current(self):
@@ -72,29 +80,45 @@ class BoaSession:
         return (cur[2], fp.from_wad(cur[3]), fp.from_fixed(cur[6]), fp.from_fixed(cur[7]),
                 fp.from_fixed(cur[8]))
 
+    def final(self):
+        """The registry's record of the session: (finalized, converged, round, ...)."""
+        return self.registry.finals(self.session)
+
     def fingerprint(self) -> tuple:
         """Everything a rejected call could have changed, as seen from outside."""
         c = self.c
         return (c.current(), c.session_id(), c.round(), c.submitted(), c.rho_wad(),
-                c.round_deadline(), c.finals(self.session), c.operator(),
+                c.round_deadline(), c.is_finalized(self.session), c.operator(),
+                self.registry.finals(self.session),
                 tuple(c.device_bounds(d) for d in self.devices),
-                tuple(c.schedule(self.session, d) for d in self.devices))
+                tuple(c.x_hash(d) for d in self.devices),
+                tuple(self.registry.schedule(self.session, d) for d in self.devices))
 
 
 def boa_deploy(operator: str):
-    art = compile_coordinator()
+    """(coordinator, registry) deployed and bound, as Coordinator.deploy does on geth."""
+    reg_art, art = load_artifact("ScheduleRegistry"), load_artifact("Coordinator")
+    reg_factory = boa.loads_abi(json.dumps(reg_art.abi), name="ScheduleRegistry")
+    factory = boa.loads_abi(json.dumps(art.abi), name="Coordinator")
     with boa.env.prank(operator):
-        addr, _ = boa.env.deploy_code(bytecode=bytes.fromhex(art.bytecode[2:]))
-    return boa.loads_abi(json.dumps(art.abi), name="Coordinator").at(addr)
+        reg_addr, _ = boa.env.deploy_code(bytecode=bytes.fromhex(reg_art.bytecode[2:]))
+        init = bytes.fromhex(art.bytecode[2:]) + abi_encode(["address"], [str(reg_addr)])
+        addr, _ = boa.env.deploy_code(bytecode=init)
+        registry = reg_factory.at(reg_addr)
+        registry.bind(addr)
+    return factory.at(addr), registry
 
 
 def boa_session(devices: int, slots: int, settings: AdmmSettings | None = None,
                 deadline_blocks: int = 5,
                 bounds: list[tuple[float, float]] | None = None,
-                feeder: Feeder | None = None) -> BoaSession:
+                feeder: Feeder | None = None,
+                participants: int | None = None) -> BoaSession:
+    """Deploy, whitelist `devices` and open a session with the first `participants` of
+    them (all by default)."""
     operator = boa.env.generate_address("operator")
     devs = [boa.env.generate_address(f"device{i}") for i in range(devices)]
-    c = boa_deploy(operator)
+    c, registry = boa_deploy(operator)
     if bounds is None:
         bounds = [(-5.0, 10.0)] * devices
     feeder = feeder or tou_feeder(slots)
@@ -103,14 +127,10 @@ def boa_session(devices: int, slots: int, settings: AdmmSettings | None = None,
         c.register_devices([(d, *fp.to_fixed(b)) for d, b in zip(devs, bounds, strict=True)])
         sid = c.open_session(session_params(feeder, settings, deadline_blocks),
                              fp.pack_kw(feeder.price, fp.PRICE_SCALE),
-                             fp.pack_kw(feeder.capacity), fp.pack_kw(feeder.export_limit), devs)
-    return BoaSession(c, operator, devs, feeder, settings, deadline_blocks, sid, bounds)
-
-
-def session_params(feeder: Feeder, s: AdmmSettings, deadline_blocks: int) -> tuple:
-    return (feeder.slots, fp.wad(feeder.delta_h), fp.wad(feeder.gamma), fp.wad(s.rho0),
-            fp.wad(s.eps_abs), fp.wad(s.eps_rel), fp.wad(s.mu), fp.wad(s.tau),
-            int(s.max_rounds), int(deadline_blocks))
+                             fp.pack_kw(feeder.capacity), fp.pack_kw(feeder.export_limit),
+                             devs[:participants])
+    return BoaSession(c, registry, operator, devs, feeder, settings, deadline_blocks, sid,
+                      bounds)
 
 
 @pytest.fixture

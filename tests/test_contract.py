@@ -73,15 +73,18 @@ def _drive(sess, solvers, max_rounds: int):
         ref, info = aggregate_step(ref, x_new, sess.feeder, sess.settings)
         infos.append(info)
         x = x_new
-        if sess.c.finals(sess.session)[0]:
+        if sess.final()[0]:
             break
         assert not info.converged, f"round {k}: reference converged, contract did not"
-    final = sess.c.finals(sess.session)
+    final = sess.final()
     assert final[0] and bool(final[1]) == infos[-1].converged and final[2] == len(infos) - 1
-    # the schedule is each device's last x_i
+    # the schedule is each device's last x_i, copied to the registry by anyone
+    anyone = boa.env.generate_address("anyone")
     for i, d in enumerate(sess.devices):
-        entry = sess.c.schedule(sess.session, d)
-        assert entry[0] and np.array_equal(fp.from_fixed(entry[5]), x[i])
+        with boa.env.prank(anyone):
+            sess.c.publish_schedule(sess.session, d, sess.last[d])
+        words = sess.registry.schedule(sess.session, d)
+        assert np.array_equal(fp.unpack_kw(words, sess.feeder.slots), x[i])
     return len(infos), infos
 
 
@@ -121,7 +124,7 @@ def test_max_rounds_finalizes_unconverged():
     rounds, infos = _drive(sess, solvers, 10)
     assert rounds == 3 and not infos[-1].converged
     assert sess.current() is None
-    assert tuple(sess.c.finals(sess.session))[:3] == (True, False, 2)
+    assert tuple(sess.final())[:3] == (True, False, 2)
 
 
 @pytest.mark.usefixtures("boa_env")
@@ -161,22 +164,23 @@ def _finalized_session():
     sess = boa_session(2, 8, AdmmSettings(max_rounds=1))
     for i in range(2):
         sess.submit(i, np.zeros(8))
-    assert sess.c.finals(sess.session)[0]
+    assert sess.final()[0]
     return sess
 
 
 REJECTIONS = {
     "not whitelisted": lambda s: _as(s, boa.env.generate_address("stranger"),
-                                     "submit", s.session, 0, fp.pack_kw(np.zeros(8))),
+                                     "submit", s.session, 0, fp.pack_kw(np.zeros(8)), []),
     "wrong session": lambda s: s.submit(0, np.zeros(8), session=s.session + 1),
     "wrong round": lambda s: s.submit(0, np.zeros(8), round=1),
     "already submitted": lambda s: s.submit(0, np.ones(8)),
     "wrong length": lambda s: _as(s, s.devices[1], "submit", s.session, 0,
-                                  fp.pack_kw(np.zeros(4))),
+                                  fp.pack_kw(np.zeros(4)), []),
+    "x_prev must be empty": lambda s: s.submit(1, np.zeros(8), x_prev=fp.pack_kw(np.ones(8))),
     "x out of bounds": lambda s: s.submit(1, np.r_[np.zeros(7), 10.001]),
     "x out of bounds ": lambda s: s.submit(1, np.r_[-5.000000001, np.zeros(7)]),
     "device not in session": lambda s: _as(s, s.devices[2], "submit", s.session, 0,
-                                           fp.pack_kw(np.zeros(8))),
+                                           fp.pack_kw(np.zeros(8)), []),
     "only operator": lambda s: _as(s, s.devices[0], "register_devices",
                                    [(s.devices[0], -10**12, 10**12)]),
     "only operator  ": lambda s: _as(s, s.devices[0], "set_operator", s.devices[0]),
@@ -199,28 +203,12 @@ def _as(sess, sender, method, *args):
 @pytest.mark.usefixtures("boa_env")
 def test_rejection_leaves_state_unchanged(case):
     # three whitelisted devices, of which only 0 and 1 take part in the session
-    sess = _two_of_three(boa_session(3, 8, AdmmSettings()))
+    sess = boa_session(3, 8, AdmmSettings(), participants=2)
     sess.submit(0, np.zeros(8))  # so that a second submission by device 0 is a duplicate
     before = sess.fingerprint()
     with boa.reverts(case.strip()):
         REJECTIONS[case](sess)
     assert sess.fingerprint() == before
-
-
-def _two_of_three(sess):
-    """A fresh contract whose session has devices 0 and 1; device 2 is only whitelisted."""
-    from contract_fixtures import BoaSession, boa_deploy
-
-    c = boa_deploy(sess.operator)
-    with boa.env.prank(sess.operator):
-        c.register_devices([(d, *fp.to_fixed(b)) for d, b in zip(sess.devices, sess.bounds,
-                                                                   strict=True)])
-        sid = c.open_session(session_params(sess.feeder, sess.settings, 5),
-                             fp.pack_kw(sess.feeder.price, fp.PRICE_SCALE),
-                             fp.pack_kw(sess.feeder.capacity),
-                             fp.pack_kw(sess.feeder.export_limit), sess.devices[:2])
-    return BoaSession(c, sess.operator, sess.devices, sess.feeder, sess.settings, 5, sid,
-                      sess.bounds)
 
 
 @pytest.mark.usefixtures("boa_env")
@@ -241,7 +229,7 @@ def test_padding_lanes_must_be_zero():
     words[1] |= fp.zigzag(5) << 64 * 3
     before = sess.fingerprint()
     with boa.env.prank(sess.devices[0]), boa.reverts("nonzero padding"):
-        sess.c.submit(sess.session, 0, words)
+        sess.c.submit(sess.session, 0, words, [])
     assert sess.fingerprint() == before
 
 

@@ -1,0 +1,188 @@
+"""The Coordinator's integer arithmetic in Python, step for step, for bit-exact replay.
+
+`lab verify` and the contract tests feed the Submitted events of a session through
+`FixedAggregator` and require every figure of every RoundClosed event (r, s, eps_pri,
+eps_dual, rho, rho_next, converged, stragglers, xbar, zbar, u) to be equal as integers.
+Each function mirrors the internal function of Coordinator.vy with the same name; the
+rounding rules are those of the contract's header (divisions half away from zero, isqrt
+down). The float twin of the same steps is reference.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import isqrt
+
+from aggregator_contract import fixed_point as fp
+
+WAD = fp.WAD
+RHO_MIN = 10**9
+RHO_MAX = 10**27
+MAX_LANE = 2**63 - 1
+
+
+def div(a: int, b: int) -> int:
+    """a / b (b > 0) rounded half away from zero (the contract's `_div`)."""
+    h = b // 2
+    return (a + h) // b if a >= 0 else -((-a + h) // b)
+
+
+def sqrt_wad(v: int) -> int:
+    """isqrt(v * 1e18): sqrt of a 1e-18-unit square, in 1e-18 units, rounded down."""
+    return isqrt(v * WAD)
+
+
+def step2_average(s: int, n: int) -> int:
+    return div(s, n)
+
+
+def step3_zbar(a: int, price: int, cap: int, exp: int, rho: int, den: int, delta: int,
+               n: int) -> int:
+    z = div(rho * a - delta * price, den)
+    return min(max(z, -div(exp, n)), div(cap, n))
+
+
+def step4_u(u: int, xbar: int, zbar: int) -> int:
+    return u + xbar - zbar
+
+
+@dataclass(frozen=True)
+class Params:
+    """A session's AdmmParams as the contract holds them (integers)."""
+
+    slots: int
+    delta_wad: int
+    gamma_wad: int
+    rho0_wad: int
+    eps_abs_wad: int
+    eps_rel_wad: int
+    mu_wad: int
+    tau_wad: int
+    max_rounds: int
+    deadline_blocks: int
+
+    @classmethod
+    def from_event(cls, p: dict) -> Params:
+        return cls(**{k: int(p[k]) for k in cls.__dataclass_fields__})
+
+
+def step5_residuals(c: dict, sq_x: int, sq_dx: int, n: int, slots: int, rho: int,
+                    p: Params) -> dict:
+    r = sqrt_wad(n * c["r2"])
+    s = div(rho * sqrt_wad(sq_dx - 2 * c["sdx_d"] + n * c["dd"]), WAD)
+    sqrt_p = isqrt(n * slots * WAD * WAD)
+    abs_part = div(sqrt_p * p.eps_abs_wad, WAD)
+    norm_x = sqrt_wad(sq_x)
+    norm_z = sqrt_wad(sq_x + 2 * c["s_zx"] + n * c["r2"])
+    eps_pri = abs_part + div(p.eps_rel_wad * max(norm_x, norm_z), WAD)
+    eps_dual = abs_part + div(div(p.eps_rel_wad * rho, WAD) * sqrt_wad(n * c["uu"]), WAD)
+    return {"r": r, "s": s, "eps_pri": eps_pri, "eps_dual": eps_dual}
+
+
+def step6_balance(res: dict, rho: int, p: Params) -> tuple[int, int, int]:
+    if res["r"] * WAD > p.mu_wad * res["s"]:
+        nxt = div(rho * p.tau_wad, WAD)
+        if nxt <= RHO_MAX:
+            return nxt, WAD, p.tau_wad
+    elif res["s"] * WAD > p.mu_wad * res["r"]:
+        nxt = div(rho * WAD, p.tau_wad)
+        if nxt >= RHO_MIN:
+            return nxt, p.tau_wad, WAD
+    return rho, WAD, WAD
+
+
+@dataclass
+class FixedAggregator:
+    """The contract's state of one session and its transitions, in integers."""
+
+    params: Params
+    price: list[int]  # 1e-9 $/kWh
+    capacity: list[int]  # nkW
+    export_limit: list[int]
+    devices: list[str]
+    round: int = 0
+    rho: int = 0
+    S: list[int] = field(default_factory=list)  # sum_i x_i
+    snap: list[int] = field(default_factory=list)  # S at the last close
+    zbar: list[int] = field(default_factory=list)
+    u: list[int] = field(default_factory=list)
+    sq_x: int = 0
+    sq_dx: int = 0
+    x: dict[str, list[int]] = field(default_factory=dict)  # each device's last submission
+    submitted: set[str] = field(default_factory=set)
+    finalized: bool = False
+
+    def __post_init__(self) -> None:
+        t = self.params.slots
+        self.rho = self.rho or self.params.rho0_wad
+        for name in ("S", "snap", "zbar", "u"):
+            if not getattr(self, name):
+                setattr(self, name, [0] * t)
+        for d in self.devices:
+            self.x.setdefault(d, [0] * t)
+
+    @property
+    def n(self) -> int:
+        return len(self.devices)
+
+    def submit(self, device: str, x: list[int]) -> None:
+        """Fold one submission in (the contract's `submit`)."""
+        old = self.x[device]
+        for t, (xn, xo) in enumerate(zip(x, old, strict=True)):
+            dx = xn - xo
+            self.S[t] += dx
+            self.sq_x += xn * xn - xo * xo
+            self.sq_dx += dx * dx
+        self.x[device] = list(x)
+        self.submitted.add(device)
+
+    def close(self) -> dict:
+        """Steps 2-6 (the contract's `_close`). Returns the RoundClosed figures: integers,
+        and xbar, zbar, u as packed words like the event."""
+        p, n, rho = self.params, self.n, self.rho
+        den = rho + div(n * p.delta_wad * p.gamma_wad, WAD)
+        c = {"r2": 0, "dd": 0, "sdx_d": 0, "s_zx": 0, "uu": 0}
+        xbar, zbar, u = [], [], []
+        for t in range(p.slots):
+            s_t = self.S[t]
+            ds_t = s_t - self.snap[t]
+            xb = step2_average(s_t, n)
+            uo = self.u[t]
+            zb = step3_zbar(uo + xb, self.price[t], self.capacity[t], self.export_limit[t],
+                            rho, den, p.delta_wad, n)
+            un = step4_u(uo, xb, zb)
+            gap = zb - xb
+            d = (xb - step2_average(self.snap[t], n)) - (zb - self.zbar[t])
+            c["r2"] += gap * gap
+            c["dd"] += d * d
+            c["sdx_d"] += ds_t * d
+            c["s_zx"] += s_t * gap
+            c["uu"] += un * un
+            xbar.append(xb)
+            zbar.append(zb)
+            u.append(un)
+        res = step5_residuals(c, self.sq_x, self.sq_dx, n, p.slots, rho, p)
+        converged = res["r"] <= res["eps_pri"] and res["s"] <= res["eps_dual"]
+        rho_next, num, dnm = (rho, WAD, WAD) if converged else step6_balance(res, rho, p)
+        diverged = False
+        for t in range(p.slots):
+            v = u[t] if num == dnm else div(u[t] * num, dnm)
+            if abs(v) > MAX_LANE:
+                diverged, v = True, 0
+            u[t] = v
+        out = {**res, "rho": rho, "rho_next": rho_next, "converged": converged,
+               "stragglers": self.n - len(self.submitted), "round": self.round,
+               "xbar": fp.pack(xbar), "zbar": fp.pack(zbar), "u": fp.pack(u),
+               "diverged": diverged}
+        self.snap = list(self.S)
+        self.zbar, self.u, self.rho, self.sq_dx = zbar, u, rho_next, 0
+        self.submitted = set()
+        if converged or diverged or self.round + 1 >= p.max_rounds:
+            self.finalized = True
+        else:
+            self.round += 1
+        return out
+
+
+EMITTED = ("r", "s", "eps_pri", "eps_dual", "rho", "rho_next", "converged", "stragglers",
+           "xbar", "zbar", "u")
