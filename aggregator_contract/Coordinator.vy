@@ -217,8 +217,8 @@ acc: uint256  # see ACC_* above
 
 # packed vectors of the latest session
 price_w: uint256[MAX_WORDS]
-capacity_w: uint256[MAX_WORDS]
-export_w: uint256[MAX_WORDS]
+cap_n_w: uint256[MAX_WORDS]  # C_t / N, zigzag (step 3's box, divided once at open)
+exp_n_w: uint256[MAX_WORDS]  # E_t / N, zigzag
 sum_w: uint256[MAX_WORDS]  # S, biased lanes
 snap_w: uint256[MAX_WORDS]  # S at the last close, biased lanes
 zbar_w: uint256[MAX_WORDS]
@@ -315,16 +315,21 @@ def open_session(
     assert len(participants) > 0, "no devices"
 
     sid += 1
+    n: int256 = convert(len(participants), int256)
     for w: uint256 in range(words, bound=MAX_WORDS):
+        cn: uint256 = 0
+        en: uint256 = 0
         for j: uint256 in range(LANES):
             c: int256 = self._lane(capacity[w], j)
             e: int256 = self._lane(export_limit[w], j)
             if w * LANES + j >= p.slots:
                 assert self._lane(price[w], j) == 0 and c == 0 and e == 0, "nonzero padding"
             assert c >= 0 and e >= 0, "capacity and export limit must be >= 0"
+            cn |= self._enc(self._div(c, n)) << (j * 64)
+            en |= self._enc(self._div(e, n)) << (j * 64)
         self.price_w[w] = price[w]
-        self.capacity_w[w] = capacity[w]
-        self.export_w[w] = export_limit[w]
+        self.cap_n_w[w] = cn
+        self.exp_n_w[w] = en
         self.sum_w[w] = ZERO_BIASED
         self.snap_w[w] = ZERO_BIASED
         self.zbar_w[w] = STATE_FLIP  # the zero vector
@@ -337,7 +342,6 @@ def open_session(
         assert self.dev[d] >> DEV_SESSION != sid, "duplicate device"
         big = max(big, max(-self._lane(dw, 0), self._lane(dw, 1)))
         self.dev[d] = sid << DEV_SESSION
-    n: int256 = convert(len(participants), int256)
     assert n * big < 2**62, "N * max |bound| beyond the sum's lane"
     assert n * convert(p.slots, int256) * big * big < 2**118, "N * T * bound^2 beyond 2^118"
 
@@ -624,13 +628,12 @@ def _step2_average(s: int256, n: int256) -> int256:
 @internal
 @pure
 def _step3_zbar(
-    a: int256, price: int256, cap: int256, exp: int256, rho: int256, den: int256,
-    delta: int256, n: int256
+    a: int256, price: int256, cap_n: int256, exp_n: int256, rho: int256, den: int256,
+    delta: int256
 ) -> int256:
-    """Step 3: zbar_t = clip((rho a_t - delta pi_t) / (rho + N delta gamma), -E_t/N, C_t/N)."""
-    z: int256 = self._div(rho * a - delta * price, den)
-    z = max(z, -self._div(exp, n))
-    return min(z, self._div(cap, n))
+    """Step 3: zbar_t = clip((rho a_t - delta pi_t) / (rho + N delta gamma), -E_t/N, C_t/N)
+    (C_t/N and E_t/N rounded once, at open_session)."""
+    return min(max(self._div(rho * a - delta * price, den), -exp_n), cap_n)
 
 
 @internal
@@ -695,8 +698,8 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
         zbw: uint256 = self.zbar_w[w] ^ STATE_FLIP
         uw: uint256 = self.u_w[w] ^ STATE_FLIP
         pw: uint256 = self.price_w[w]
-        cw: uint256 = self.capacity_w[w]
-        ew: uint256 = self.export_w[w]
+        cw: uint256 = self.cap_n_w[w]
+        ew: uint256 = self.exp_n_w[w]
         xout: uint256 = 0
         zout: uint256 = 0
         for j: uint256 in range(LANES):
@@ -710,7 +713,7 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
             uo: int256 = self._dec(uw, sh)
             zb: int256 = self._step3_zbar(
                 uo + xb, self._dec(pw, sh), self._dec(cw, sh), self._dec(ew, sh), rho, den,
-                p.delta_wad, n
+                p.delta_wad
             )
             un: int256 = self._step4_u(uo, xb, zb)
             u[t] = un
@@ -718,11 +721,12 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
             zout |= self._enc(zb) << sh
             gap: int256 = zb - xb
             d: int256 = (xb - self._step2_average(s_t - ds_t, n)) - (zb - self._dec(zbw, sh))
-            c.r2 += gap * gap
-            c.dd += d * d
-            c.sdx_d += ds_t * d
-            c.s_zx += s_t * gap
-            c.uu += un * un
+            # unchecked: lanes are int64, products < 2^130, at most 384 terms
+            c.r2 = unsafe_add(c.r2, unsafe_mul(gap, gap))
+            c.dd = unsafe_add(c.dd, unsafe_mul(d, d))
+            c.sdx_d = unsafe_add(c.sdx_d, unsafe_mul(ds_t, d))
+            c.s_zx = unsafe_add(c.s_zx, unsafe_mul(s_t, gap))
+            c.uu = unsafe_add(c.uu, unsafe_mul(un, un))
         self.snap_w[w] = sw
         self.zbar_w[w] = zout ^ STATE_FLIP
         xw.append(xout)

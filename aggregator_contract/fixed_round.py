@@ -36,10 +36,9 @@ def step2_average(s: int, n: int) -> int:
     return div(s, n)
 
 
-def step3_zbar(a: int, price: int, cap: int, exp: int, rho: int, den: int, delta: int,
-               n: int) -> int:
-    z = div(rho * a - delta * price, den)
-    return min(max(z, -div(exp, n)), div(cap, n))
+def step3_zbar(a: int, price: int, cap_n: int, exp_n: int, rho: int, den: int,
+               delta: int) -> int:
+    return min(max(div(rho * a - delta * price, den), -exp_n), cap_n)
 
 
 def step4_u(u: int, xbar: int, zbar: int) -> int:
@@ -148,8 +147,8 @@ class FixedAggregator:
             ds_t = s_t - self.snap[t]
             xb = step2_average(s_t, n)
             uo = self.u[t]
-            zb = step3_zbar(uo + xb, self.price[t], self.capacity[t], self.export_limit[t],
-                            rho, den, p.delta_wad, n)
+            zb = step3_zbar(uo + xb, self.price[t], div(self.capacity[t], n),
+                            div(self.export_limit[t], n), rho, den, p.delta_wad)
             un = step4_u(uo, xb, zb)
             gap = zb - xb
             d = (xb - step2_average(self.snap[t], n)) - (zb - self.zbar[t])

@@ -338,3 +338,164 @@ def test_client_on_geth(request):
         assert np.array_equal(sched.x[a.address], fp.quantize_kw(x[devs.index(a)]))
     with pytest.raises(CoordinatorError, match="session finalized"):
         clients[1].submit(sid, sched.round, x[1])
+
+
+# ---------------------------------------------------------------- scale: sums, not loops
+
+
+def _replay_bit_exact(sess, logs_from: int = 0):
+    """Every RoundClosed of the session equals the integer mirror fed with the Submitted
+    events (boa keeps the logs of each call)."""
+    from aggregator_contract.fixed_round import EMITTED, FixedAggregator, Params
+
+    agg = FixedAggregator(Params(*session_params(sess.feeder, sess.settings,
+                                                 sess.deadline_blocks)),
+                          fp.to_fixed(sess.feeder.price, fp.PRICE_SCALE),
+                          fp.to_fixed(sess.feeder.capacity),
+                          fp.to_fixed(sess.feeder.export_limit), list(sess.devices))
+    return agg, EMITTED
+
+
+@pytest.mark.usefixtures("boa_env")
+def test_every_emitted_figure_bit_exact_with_integer_mirror():
+    """The feeder binds and rho moves, so every term of step 5 is exercised; the old
+    contract's eps_pri (a sign error in |z|^2) fails this."""
+    n, t = 4, 12
+    settings = AdmmSettings(rho0=20.0, max_rounds=25)
+    feeder = tou_feeder(t, capacity=12.0, export=2.0)
+    rng = np.random.default_rng(11)
+    solvers = [BoxQuadratic(rng, t) for _ in range(n)]
+    sess = boa_session(n, t, settings, feeder=feeder, bounds=[(s.lo, s.hi) for s in solvers])
+    agg, emitted = _replay_bit_exact(sess)
+    ref = AggregatorState.initial(n, t, settings.rho0)
+    x = np.zeros((n, t))
+    moved = False
+    while (cur := sess.current()) is not None:
+        _, rho, xbar, zbar, u = cur
+        x = np.array([fp.quantize_kw(s.solve(x[i] - xbar + zbar - u, rho))
+                      for i, s in enumerate(solvers)])
+        for i in range(n - 1):  # the last device straggles in odd rounds
+            sess.submit(i, x[i])
+            agg.submit(sess.devices[i], fp.to_fixed(x[i]))
+        if agg.round % 2 == 0:
+            sess.submit(n - 1, x[n - 1])
+            agg.submit(sess.devices[n - 1], fp.to_fixed(x[n - 1]))
+        else:
+            x[n - 1] = fp.from_fixed(agg.x[sess.devices[n - 1]])
+            boa.env.time_travel(blocks=sess.deadline_blocks + 1)
+            sess.c.advance(sess.session)
+        (ev,) = [e for e in sess.c.get_logs() if type(e).__name__ == "RoundClosed"]
+        want = agg.close()
+        got = {k: getattr(ev, k) for k in emitted}
+        got = {k: list(v) if isinstance(v, list | tuple) else v for k, v in got.items()}
+        assert got == {k: want[k] for k in emitted}, f"round {want['round']}"
+        ref, info = aggregate_step(ref, x, sess.feeder, settings)
+        # the float reference agrees to rounding, eps_pri included
+        assert fp.from_wad(want["eps_pri"]) == pytest.approx(info.eps_pri, rel=1e-6, abs=1e-8)
+        assert fp.from_wad(want["r"]) == pytest.approx(info.r, rel=1e-6, abs=1e-8)
+        moved |= want["rho_next"] != want["rho"]
+        ref = AggregatorState(ref.round, fp.from_wad(want["rho_next"]),
+                              fp.unpack_kw(want["xbar"], t), fp.unpack_kw(want["zbar"], t),
+                              fp.unpack_kw(want["u"], t), x.copy())
+    assert moved, "rho never moved: step 6 not exercised"
+    assert agg.finalized
+
+
+@pytest.mark.usefixtures("boa_env")
+def test_previous_x_must_be_the_last_submission():
+    sess = boa_session(2, 8, AdmmSettings())
+    for i in range(2):
+        sess.submit(i, np.full(8, 1.0 + i))
+    before = sess.fingerprint()
+    with boa.reverts("x_prev mismatch"):
+        sess.submit(0, np.zeros(8), x_prev=fp.pack_kw(np.full(8, 1.5)))
+    with boa.reverts("x_prev mismatch"):
+        sess.submit(0, np.zeros(8), x_prev=[])
+    assert sess.fingerprint() == before
+    sess.submit(0, np.zeros(8))  # with the right x_prev
+
+
+def _round_gas(n: int, t: int = 96, rounds: int = 3) -> tuple[list[int], list[int]]:
+    """(plain submissions' gas, closing submissions' gas) over a few rounds, bench data."""
+    sess = boa_session(n, t, AdmmSettings(eps_abs=0.0, eps_rel=0.0, max_rounds=rounds),
+                       bounds=[(-10.0, 10.0)] * n)
+    rng = np.random.default_rng(0)
+    plain, closing = [], []
+    for _ in range(rounds):
+        for i in range(n):
+            gas = sess.submit(i, rng.uniform(-8, 8, t))
+            (closing if i == n - 1 else plain).append(gas)
+    return plain, closing
+
+
+@pytest.mark.usefixtures("boa_env")
+def test_closing_gas_does_not_grow_with_devices():
+    p10, c10 = _round_gas(10)
+    p200, c200 = _round_gas(200)
+    assert max(c200) <= 1.05 * max(c10), (c10, c200)
+    assert max(p200) <= 1.05 * max(p10), (max(p10), max(p200))
+
+
+@pytest.mark.usefixtures("boa_env")
+def test_straggler_round_at_large_n():
+    n, t = 300, 8
+    sess = boa_session(n, t, AdmmSettings(rho0=1.0), deadline_blocks=3,
+                       bounds=[(-10.0, 10.0)] * n)
+    rng = np.random.default_rng(5)
+    x0 = rng.uniform(-3, 3, (n, t))
+    for i in range(n):
+        sess.submit(i, x0[i])
+    ref, _ = aggregate_step(AggregatorState.initial(n, t, 1.0), np.array(
+        [fp.quantize_kw(v) for v in x0]), sess.feeder, sess.settings)
+    x1 = x0.copy()
+    for i in range(0, n, 3):  # two thirds straggle
+        x1[i] = x0[i] + 1.0
+        sess.submit(i, x1[i])
+    boa.env.time_travel(blocks=4)
+    sess.c.advance(sess.session)
+    (ev,) = [e for e in sess.c.get_logs() if type(e).__name__ == "RoundClosed"]
+    assert ev.stragglers == n - len(range(0, n, 3))
+    ref, _ = aggregate_step(ref, np.array([fp.quantize_kw(v) for v in x1]), sess.feeder,
+                            sess.settings)
+    _assert_state(sess, ref, 2)
+
+
+@pytest.mark.usefixtures("boa_env")
+def test_registry_written_only_through_the_coordinator():
+    sess = _finalized_session()
+    d = sess.devices[0]
+    with boa.env.prank(d), boa.reverts("only coordinator"):
+        sess.registry.store_schedule(sess.session, d, sess.last[d])
+    with boa.env.prank(d), boa.reverts("not the device's last submission"):
+        sess.c.publish_schedule(sess.session, d, fp.pack_kw(np.ones(8)))
+    with boa.env.prank(d):
+        sess.c.publish_schedule(sess.session, d, sess.last[d])
+        sess.c.publish_plan(sess.session, [5])
+    with boa.env.prank(d), boa.reverts("schedule already stored"):
+        sess.c.publish_schedule(sess.session, d, sess.last[d])
+    assert list(sess.registry.schedule(sess.session, d)) == sess.last[d]
+    assert list(sess.registry.plan(sess.session, d)) == [5]
+    with boa.env.prank(d), boa.reverts("only deployer"):
+        sess.registry.bind(d)
+    with boa.env.prank(sess.operator), boa.reverts("already bound"):
+        sess.registry.bind(sess.operator)
+
+
+@pytest.mark.usefixtures("boa_env")
+def test_open_session_refuses_sums_beyond_their_lanes():
+    operator = boa.env.generate_address("operator")
+    c, _ = boa_deploy_(operator)
+    devs = [boa.env.generate_address(f"d{i}") for i in range(3)]
+    feeder = tou_feeder(8)
+    with boa.env.prank(operator):
+        c.register_devices([(d, -(2**62), 2**62) for d in devs])
+        with boa.reverts("N * max |bound| beyond the sum's lane"):
+            c.open_session(session_params(feeder, AdmmSettings(), 5),
+                           fp.pack_kw(feeder.price, fp.PRICE_SCALE),
+                           fp.pack_kw(feeder.capacity), fp.pack_kw(feeder.export_limit), devs)
+
+
+def boa_deploy_(operator):
+    from contract_fixtures import boa_deploy
+
+    return boa_deploy(operator)
