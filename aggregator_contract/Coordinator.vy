@@ -132,6 +132,12 @@ struct Final:
     slots: uint256
 
 
+struct Kept:
+    session: uint256  # the session of the device's last submission (or of its joining)
+    rounds: uint256  # its last submitted round + 1 (0: none yet)
+    hash: uint256  # 160-bit keccak of that submission's packed x (0: none)
+
+
 struct Residuals:
     r: int256
     s: int256
@@ -526,14 +532,14 @@ def current() -> Current:
 
 @view
 @external
-def x_hash(device: address) -> (uint256, uint256, uint256):
+def x_hash(device: address) -> Kept:
     """
     @notice What the contract keeps of a device's last submission.
     @param device The device address.
     @return (session, last submitted round + 1 (0: none), 160-bit keccak of its packed x).
     """
     st: uint256 = self.dev[device]
-    return st >> DEV_SESSION, (st >> DEV_ROUND) & M48, st & HASH_MASK
+    return Kept(session=st >> DEV_SESSION, rounds=(st >> DEV_ROUND) & M48, hash=st & HASH_MASK)
 
 
 @view

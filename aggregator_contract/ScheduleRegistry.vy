@@ -49,7 +49,13 @@ event PlanPublished:
 
 deployer: immutable(address)
 coordinator: public(address)
-finals: public(HashMap[uint256, Final])
+# session -> its Final packed into one word (one storage write when a round closes the
+# session): finalized | converged << 1 | round << 8 | block << 72 | timestamp << 136 |
+# devices << 200 | slots << 232
+final_word: HashMap[uint256, uint256]
+M64: constant(uint256) = 2**64 - 1
+M32: constant(uint256) = 2**32 - 1
+M24: constant(uint256) = 2**24 - 1
 schedules: HashMap[uint256, HashMap[address, DynArray[uint256, MAX_WORDS]]]
 plans: HashMap[uint256, HashMap[address, DynArray[uint256, MAX_PLAN_WORDS]]]
 
@@ -84,8 +90,13 @@ def record_final(session: uint256, f: Final):
     """
     self._only_coordinator()
     assert f.finalized, "not final"
-    assert not self.finals[session].finalized, "already final"
-    self.finals[session] = f
+    assert self.final_word[session] == 0, "already final"
+    assert f.round <= M64 and f.block <= M64 and f.timestamp <= M64, "beyond 64 bits"
+    assert f.devices <= M32 and f.slots <= M24, "beyond field width"
+    self.final_word[session] = (
+        1 | (convert(f.converged, uint256) << 1) | (f.round << 8) | (f.block << 72)
+        | (f.timestamp << 136) | (f.devices << 200) | (f.slots << 232)
+    )
     log SessionFinal(session=session, round=f.round, converged=f.converged,
                      timestamp=f.timestamp)
 
@@ -100,7 +111,7 @@ def store_schedule(session: uint256, device: address, x: DynArray[uint256, MAX_W
     @param x Packed x_i, ceil(T/4) words.
     """
     self._only_coordinator()
-    assert self.finals[session].finalized, "session not finalized"
+    assert self.final_word[session] & 1 == 1, "session not finalized"
     assert len(self.schedules[session][device]) == 0, "schedule already stored"
     assert len(x) > 0, "empty schedule"
     self.schedules[session][device] = x
@@ -117,11 +128,31 @@ def store_plan(session: uint256, device: address, words: DynArray[uint256, MAX_P
     @param words ceil(T/256) words per actuator, in scenario order.
     """
     self._only_coordinator()
-    assert self.finals[session].finalized, "session not finalized"
+    assert self.final_word[session] & 1 == 1, "session not finalized"
     assert len(words) > 0, "empty plan"
     assert len(self.plans[session][device]) == 0, "plan already published"
     self.plans[session][device] = words
     log PlanPublished(session=session, device=device, words=words)
+
+
+@view
+@external
+def finals(session: uint256) -> Final:
+    """
+    @notice A session's finalization record (`finalized` False before).
+    @param session The session id.
+    @return (finalized, converged, round, block, timestamp, devices, slots).
+    """
+    w: uint256 = self.final_word[session]
+    return Final(
+        finalized=w & 1 == 1,
+        converged=(w >> 1) & 1 == 1,
+        round=(w >> 8) & M64,
+        block=(w >> 72) & M64,
+        timestamp=(w >> 136) & M64,
+        devices=(w >> 200) & M32,
+        slots=(w >> 232) & M24,
+    )
 
 
 @view

@@ -67,8 +67,8 @@ def run(run_dir: Path, node: str, device_ids: list[str], poll_s: float = 0.25) -
                                  res.round, 1e3 * res.solve_s)
             elif coord.is_finalized(session):
                 for agent in agents:
-                    if agent.publish_plans(session):
-                        log.info("%s: plans published", agent.spec.id)
+                    if agent.publish_final(session):
+                        log.info("%s: schedule and plans published", agent.spec.id)
                 log.info("session %d final", session)
                 return 0
             wake.wait(poll_s)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from eth_account.signers.local import LocalAccount
 
-from aggregator_contract.client import Coordinator, CoordinatorError, CurrentVars, PendingTx
+from aggregator_contract.client import Coordinator, CurrentVars, PendingTx, WrongRound
 from device_node.local_step import LocalProblem
 from lab.scenario import DeviceSpec
 from mqtt_bridge.plan import on_off_plan, plan_to_words, required_on_slots
@@ -73,10 +73,9 @@ class DeviceAgent:
         try:
             res.pending.receipt()
             return True
-        except CoordinatorError as e:
+        except WrongRound as e:
             self._sent = None  # not taken: read x_i back from the chain next round
-            if "round" not in str(e):
-                raise
+            self.coordinator.forget_sent(res.session)
             log.warning("%s: submission for round %d refused: %s", self.spec.id, res.round, e)
             return False
 
@@ -88,18 +87,21 @@ class DeviceAgent:
             return self._sent[2]
         return self.coordinator.last_x(cur.session, self.address)
 
-    def publish_plans(self, session: int) -> bool:
-        """Once `session` is final: the on/off plan of every switched load with an actuator,
-        on chain. Returns True when there was something to publish."""
-        if session in self._planned or not self.spec.actuators():
+    def publish_final(self, session: int) -> bool:
+        """Once `session` is final: this device's final x_i into the schedule registry,
+        and the on/off plan of every switched load with an actuator. Returns True when
+        something was published."""
+        if session in self._planned:
             return False
-        if self.coordinator.plan_words(session, self.address):
+        published = False
+        if self.coordinator.registry_schedule(session, self.address) is None:
+            self.coordinator.publish_schedule(session)
+            published = True
+        if not self.spec.actuators() or self.coordinator.plan_words(session, self.address):
             self._planned.add(session)
-            return False
-        sched = self.coordinator.schedule(session)
-        if sched is None:
-            raise RuntimeError(f"{self.spec.id}: session {session} is not final yet")
-        parts = self.component_split(sched.x[self.address])
+            return published
+        x_final = self.coordinator.registry_schedule(session, self.address)
+        parts = self.component_split(x_final)
         words: list[int] = []
         for comp in self.spec.components:
             if comp.actuator is None:

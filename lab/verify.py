@@ -2,10 +2,13 @@
 
 Everything comes from the contract's events: the session's parameters (SessionOpened),
 every submission (Submitted) and every round's outcome (RoundClosed). The submissions of
-each round, with a straggler's previous x_i where it did not submit, go through the float
-reference of the aggregator steps (aggregator_contract/reference.py); the contract's xbar,
-zbar, u (after residual balancing), rho and its stopping decision must agree. Finally the
-stored schedule must equal each device's last submission.
+each round are folded into `fixed_round.FixedAggregator`, the contract's own integer
+arithmetic step for step, and every figure the round emitted (r, s, eps_pri, eps_dual, rho,
+rho_next, converged, stragglers, xbar, zbar, u) must be equal bit for bit. The same
+submissions also go through the float reference (reference.py); its largest distance to the
+chain's xbar, zbar and u is reported (`max_dev_kw`) and must stay within `tol_kw`. Finally
+the schedule must be each device's last submission, and every copy a device published to
+the ScheduleRegistry must equal it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from aggregator_contract import fixed_point as fp
 from aggregator_contract.client import Coordinator
+from aggregator_contract.fixed_round import EMITTED, FixedAggregator, Params
 from aggregator_contract.reference import AggregatorState, aggregate_step
 
 
@@ -25,7 +30,8 @@ from aggregator_contract.reference import AggregatorState, aggregate_step
 class Verdict:
     session: int
     rounds: int
-    max_dev_kw: float  # largest |contract - reference| over xbar, zbar, u and all rounds
+    max_dev_kw: float  # largest |contract - float reference| over xbar, zbar, u, all rounds
+    figures_checked: int = 0  # emitted figures compared bit for bit
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -34,7 +40,19 @@ class Verdict:
 
     def as_dict(self) -> dict:
         return {"session": self.session, "rounds": self.rounds, "ok": self.ok,
-                "max_dev_kw": self.max_dev_kw, "problems": self.problems}
+                "figures_checked": self.figures_checked, "max_dev_kw": self.max_dev_kw,
+                "problems": self.problems}
+
+
+def compare_round(verdict: Verdict, emitted: dict, replayed: dict) -> None:
+    """Every emitted figure of one round against the integer replay, bit for bit."""
+    for name in EMITTED:
+        got, want = emitted[name], replayed[name]
+        got = list(got) if isinstance(got, list | tuple) else got
+        verdict.figures_checked += 1
+        if got != want:
+            verdict.problems.append(f"round {replayed['round']}: {name} on chain {got!r}, "
+                                    f"replayed {want!r}")
 
 
 def verify_session(coord: Coordinator, session: int, from_block: int = 0,
@@ -43,43 +61,48 @@ def verify_session(coord: Coordinator, session: int, from_block: int = 0,
     devices = info.devices
     index = {d: i for i, d in enumerate(devices)}
     t = info.feeder.slots
-    subs: dict[int, dict[str, np.ndarray]] = {}
+    subs: dict[int, dict[str, tuple[int, ...]]] = {}
     for s in coord.submissions(session, from_block=info.block):
-        subs.setdefault(s.round, {})[s.device] = s.x
+        subs.setdefault(s.round, {})[s.device] = s.words
     records = coord.rounds(session, from_block=info.block)
+    agg = FixedAggregator(Params.from_event(info.raw_params),
+                          fp.to_fixed(info.feeder.price, fp.PRICE_SCALE),
+                          fp.to_fixed(info.feeder.capacity),
+                          fp.to_fixed(info.feeder.export_limit), list(devices))
     state = AggregatorState.initial(len(devices), t, info.settings.rho0)
     verdict = Verdict(session, len(records), 0.0)
     for rec in records:
+        if rec.round != agg.round:
+            verdict.problems.append(f"round {rec.round} closed where round {agg.round} was due")
+            break
         x_new = state.x.copy()
-        for dev, x in subs.get(rec.round, {}).items():
-            x_new[index[dev]] = x
-        missing = len(devices) - len(subs.get(rec.round, {}))
-        if missing != rec.stragglers:
-            verdict.problems.append(f"round {rec.round}: {rec.stragglers} stragglers on chain, "
-                                    f"{missing} devices without a submission")
-        if abs(state.rho - rec.rho) > 1e-9 * max(1.0, state.rho):
-            verdict.problems.append(f"round {rec.round}: rho {rec.rho} on chain, "
-                                    f"{state.rho} replayed")
-        state, ref = aggregate_step(state, x_new, info.feeder, info.settings)
+        for dev, words in subs.get(rec.round, {}).items():
+            agg.submit(dev, fp.unpack(list(words), t))
+            x_new[index[dev]] = fp.unpack_kw(list(words), t)
+        compare_round(verdict, rec.raw, agg.close())
+        state, _ = aggregate_step(state, x_new, info.feeder, info.settings)
         for name, mine, theirs in (("xbar", state.xbar, rec.xbar), ("zbar", state.zbar, rec.zbar),
                                    ("u", state.u, rec.u)):
             dev = float(np.abs(mine - theirs).max())
             verdict.max_dev_kw = max(verdict.max_dev_kw, dev)
             if dev > tol_kw:
-                verdict.problems.append(f"round {rec.round}: {name} differs by {dev:.3g} kW")
-        if ref.converged != rec.converged:
-            verdict.problems.append(f"round {rec.round}: contract says converged="
-                                    f"{rec.converged}, the reference {ref.converged} "
-                                    f"(r {rec.r:.3g}/{ref.r:.3g}, s {rec.s:.3g}/{ref.s:.3g})")
+                verdict.problems.append(f"round {rec.round}: {name} differs from the float "
+                                        f"reference by {dev:.3g} kW")
         state = AggregatorState(state.round, rec.rho_next, rec.xbar, rec.zbar, rec.u, x_new,
                                 rec.converged)  # continue from the chain's own numbers
     sched = coord.schedule(session)
     if sched is None:
         verdict.problems.append("session not finalized")
     else:
+        if not agg.finalized:
+            verdict.problems.append("finalized on chain, not in the replay")
         for dev in devices:
-            if not np.array_equal(sched.x[dev], state.x[index[dev]]):
+            mine = fp.from_fixed(agg.x[dev])
+            if not np.array_equal(sched.x[dev], mine):
                 verdict.problems.append(f"schedule of {dev} differs from its last submission")
+            copy = coord.registry_schedule(session, dev)
+            if copy is not None and not np.array_equal(copy, mine):
+                verdict.problems.append(f"registry copy of {dev}'s schedule differs")
     return verdict
 
 

@@ -269,7 +269,13 @@ def test_homes10_through_contract_matches_reference():
 
 
 def test_client_on_geth(request):
-    from aggregator_contract.client import Coordinator, CoordinatorError, connect
+    from aggregator_contract.client import (
+        Coordinator,
+        NotWhitelisted,
+        Refused,
+        WrongRound,
+        connect,
+    )
 
     net, operator, accts = request.getfixturevalue("geth_chain")
     signer_url = net.http_url(net.signers()[0])
@@ -296,9 +302,9 @@ def test_client_on_geth(request):
     # devices alternate between the two nodes
     clients = [Coordinator(connect(signer_url if i % 2 else member_url), coord.address, a)
                for i, a in enumerate(devs)]
-    with pytest.raises(CoordinatorError, match="not whitelisted"):
+    with pytest.raises(NotWhitelisted, match="not whitelisted"):
         Coordinator(w3, coord.address, accts[3]).submit(sid, 0, np.zeros(t))
-    with pytest.raises(CoordinatorError, match="only operator"):
+    with pytest.raises(NotWhitelisted, match="only operator"):
         clients[0].register_devices([(accts[3].address, 0, 1)])
 
     x = np.zeros((len(devs), t))
@@ -308,7 +314,7 @@ def test_client_on_geth(request):
         for i, c in enumerate(clients):
             c.submit(sid, cur.round, x[i])
         if cur.round == 0:
-            with pytest.raises(CoordinatorError, match="wrong round"):
+            with pytest.raises(WrongRound, match="wrong round"):
                 clients[0].submit(sid, 0, x[0])
         nxt = coord.wait_for_round(sid, cur.round + 1, timeout=30)
         assert nxt is None or nxt.round == cur.round + 1
@@ -336,8 +342,32 @@ def test_client_on_geth(request):
     for a in devs:
         assert np.array_equal(sched.x[a.address], other.x[a.address])
         assert np.array_equal(sched.x[a.address], fp.quantize_kw(x[devs.index(a)]))
-    with pytest.raises(CoordinatorError, match="session finalized"):
+    with pytest.raises(WrongRound, match="session finalized"):
         clients[1].submit(sid, sched.round, x[1])
+
+    # lab verify: every emitted figure bit for bit; a tampered figure is named
+    from lab.verify import verify_session
+
+    verdict = verify_session(coord, sid)
+    assert verdict.ok, verdict.problems
+    assert verdict.figures_checked == len(rounds) * 11
+
+    class Tampered(Coordinator):
+        def rounds(self, session, from_block=0):
+            recs = super().rounds(session, from_block)
+            recs[1].raw["eps_pri"] += 1  # one unit of 1e-18 kW
+            return recs
+
+    bad = verify_session(Tampered(coord.w3, coord.address), sid)
+    assert not bad.ok and any("round 1: eps_pri" in p for p in bad.problems), bad.problems
+
+    # the registry: each device copies its final x_i; the copy equals the schedule
+    for i, c in enumerate(clients):
+        c.publish_schedule(sid)
+        assert np.array_equal(coord.registry_schedule(sid, devs[i].address),
+                              sched.x[devs[i].address])
+    with pytest.raises(Refused, match="schedule already stored"):
+        clients[0].publish_schedule(sid)
 
 
 # ---------------------------------------------------------------- scale: sums, not loops
