@@ -415,15 +415,23 @@ def submit(
         if prev_hash != 0:
             ow = x_prev[w]
         acc_w: uint256 = self.sum_w[w]
+        # the hot loop of every submission: zigzag decoding inlined, unchecked where
+        # int64 lanes bound the result
         for j: uint256 in range(LANES):
             sh: uint256 = unsafe_mul(j, 64)
-            xn: int256 = self._dec(nw, sh)
+            z: uint256 = (nw >> sh) & LANE_MASK
+            xn: int256 = convert(z >> 1, int256)
+            if z & 1 == 1:
+                xn = unsafe_sub(unsafe_sub(0, xn), 1)
             if unsafe_add(unsafe_mul(w, LANES), j) < slots:
                 assert xn >= lo and xn <= hi, "x out of bounds"
             else:
                 assert xn == 0, "nonzero padding"
-            xo: int256 = self._dec(ow, sh)
-            dx: int256 = unsafe_sub(xn, xo)  # int64 lanes: no overflow
+            z = (ow >> sh) & LANE_MASK
+            xo: int256 = convert(z >> 1, int256)
+            if z & 1 == 1:
+                xo = unsafe_sub(unsafe_sub(0, xo), 1)
+            dx: int256 = unsafe_sub(xn, xo)
             sqx_delta = unsafe_add(sqx_delta, unsafe_sub(unsafe_mul(xn, xn), unsafe_mul(xo, xo)))
             sqdx = unsafe_add(sqdx, unsafe_mul(dx, dx))
             # S += dx in lane j; the lane stays in range (N * B < 2^62), so the modular
@@ -431,7 +439,7 @@ def submit(
             if dx >= 0:
                 acc_w = unsafe_add(acc_w, convert(dx, uint256) << sh)
             else:
-                acc_w = unsafe_sub(acc_w, convert(-dx, uint256) << sh)
+                acc_w = unsafe_sub(acc_w, convert(unsafe_sub(0, dx), uint256) << sh)
         self.sum_w[w] = acc_w
 
     a: uint256 = self.acc
@@ -627,8 +635,11 @@ def device_bounds(device: address) -> Bounds:
 @internal
 @pure
 def _step2_average(s: int256, n: int256) -> int256:
-    """Step 2: xbar_t = S_t / N."""
-    return self._div(s, n)
+    """Step 2: xbar_t = S_t / N, rounded half away from zero (|S_t| < 2^62: unchecked)."""
+    h: int256 = unsafe_div(n, 2)
+    if s >= 0:
+        return unsafe_div(unsafe_add(s, h), n)
+    return unsafe_sub(0, unsafe_div(unsafe_add(unsafe_sub(0, s), h), n))
 
 
 @internal
@@ -713,20 +724,25 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
             if t >= p.slots:
                 break
             sh: uint256 = unsafe_mul(j, 64)
-            s_t: int256 = self._biased(sw, sh)
-            ds_t: int256 = s_t - self._biased(snw, sh)  # sum_i dx_i
+            # lanes decoded inline (this loop runs T times per round)
+            s_t: int256 = unsafe_sub(convert((sw >> sh) & LANE_MASK, int256), BIAS)
+            s_old: int256 = unsafe_sub(convert((snw >> sh) & LANE_MASK, int256), BIAS)
+            ds_t: int256 = unsafe_sub(s_t, s_old)  # sum_i dx_i
             xb: int256 = self._step2_average(s_t, n)
-            uo: int256 = self._dec(uw, sh)
+            uo: int256 = self._zz((uw >> sh) & LANE_MASK)
             zb: int256 = self._step3_zbar(
-                uo + xb, self._dec(pw, sh), self._dec(cw, sh), self._dec(ew, sh), rho, den,
-                p.delta_wad
+                uo + xb, self._zz((pw >> sh) & LANE_MASK), self._zz((cw >> sh) & LANE_MASK),
+                self._zz((ew >> sh) & LANE_MASK), rho, den, p.delta_wad
             )
             un: int256 = self._step4_u(uo, xb, zb)
             u[t] = un
             xout |= self._enc(xb) << sh
             zout |= self._enc(zb) << sh
-            gap: int256 = zb - xb
-            d: int256 = (xb - self._step2_average(s_t - ds_t, n)) - (zb - self._dec(zbw, sh))
+            gap: int256 = unsafe_sub(zb, xb)
+            d: int256 = unsafe_sub(
+                unsafe_sub(xb, self._step2_average(s_old, n)),
+                unsafe_sub(zb, self._zz((zbw >> sh) & LANE_MASK)),
+            )
             # unchecked: lanes are int64, products < 2^130, at most 384 terms
             c.r2 = unsafe_add(c.r2, unsafe_mul(gap, gap))
             c.dd = unsafe_add(c.dd, unsafe_mul(d, d))
@@ -840,6 +856,15 @@ def _hash(x: DynArray[uint256, MAX_WORDS]) -> uint256:
 def _lane(word: uint256, j: uint256) -> int256:
     """Lane j of a packed word, zigzag-decoded."""
     return self._dec(word, j * 64)
+
+
+@internal
+@pure
+def _zz(z: uint256) -> int256:
+    """A 64-bit zigzag lane, decoded."""
+    if z & 1 == 1:
+        return unsafe_sub(unsafe_sub(0, convert(z >> 1, int256)), 1)
+    return convert(z >> 1, int256)
 
 
 @internal

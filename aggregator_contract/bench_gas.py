@@ -1,17 +1,23 @@
-"""Gas of the Coordinator on a real geth v1.13.15 Clique chain (chain.network: one signer,
-period 0, in a temporary run folder that is removed afterwards).
+"""Gas of the Coordinator and its ScheduleRegistry on a real geth v1.13.15 Clique chain
+(chain.network: one signer, period 0, in a temporary run folder removed afterwards).
 
-    python -m aggregator_contract.bench_gas [--slots 96] [--devices 10] [--rounds 12]
+    python -m aggregator_contract.bench_gas [--slots 96] [--devices 10,100,1000,2048]
+                                            [--rounds 4]
 
-Deploys, registers N devices, opens a session (tolerances set to 0 so that it runs exactly
---rounds rounds) and has every device submit every round (synthetic x_i, a different value
-per slot, half of them negative). Gas figures are the receipts' gasUsed:
-- submit_gas_median: the median of all submissions that do not close a round;
-- closing_submit_gas: the median of the submissions that close a round (steps 2-6);
-  closing_submit_gas_max is the largest (the first two rounds fill empty storage: a
-  session's x_i buffers are fresh, 22,100 gas per word instead of 5,000);
-- submit_gas_first_round: the median non-closing submission of round 0 (same reason).
-The last stdout line is one JSON object.
+For each N: deploy, register N devices, open a session (tolerances 0, so that it runs
+exactly --rounds rounds) and have every device submit every round, one device per
+transaction, signed with its own key: fresh values uniform in [-8, 8] kW per slot each
+round. A round's submissions are all sent, then waited for; the last device's submission
+of a round is the one that closes it (it is sent only after the others are mined). Gas
+figures are the receipts' gasUsed, every transaction counted:
+- submit_gas_median / submit_gas_max: the submissions that do not close a round;
+- closing_submit_gas (median) / closing_submit_gas_max: the ones that do (the last one
+  also finalizes the session and writes the registry record);
+- first_round_surcharge: median non-closing submission of round 0 minus that of the later
+  rounds (0: the session's storage is written by open_session, not by the devices);
+- open_session_gas, register_gas, deploy_gas (registry + coordinator + bind),
+  runtime_bytes of both contracts (EIP-170 limit 24,576).
+One JSON line per N on stdout.
 """
 
 from __future__ import annotations
@@ -21,17 +27,20 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 
 import numpy as np
 
 from aggregator_contract.client import Coordinator, connect
+from aggregator_contract.compile import load as load_artifact
 from aggregator_contract.reference import AdmmSettings, Feeder
 
 
-def _feeder(slots: int) -> Feeder:
+def _feeder(slots: int, devices: int) -> Feeder:
     hours = np.arange(slots) * 24.0 / slots
     price = np.where((hours >= 17) & (hours < 21), 0.35, 0.12)
-    return Feeder(24.0 / slots, price, np.full(slots, 40.0), np.full(slots, 20.0), 0.01)
+    return Feeder(24.0 / slots, price, np.full(slots, 4.0 * devices),
+                  np.full(slots, 2.0 * devices), 0.01)
 
 
 def run(slots: int, devices: int, rounds: int) -> dict:
@@ -40,6 +49,7 @@ def run(slots: int, devices: int, rounds: int) -> dict:
 
     from chain.network import Network
 
+    t0 = time.monotonic()
     operator = Account.from_key(keccak(text="bench operator"))
     accts = [Account.from_key(keccak(text=f"bench device {i}")) for i in range(devices)]
     rng = np.random.default_rng(0)
@@ -49,35 +59,44 @@ def run(slots: int, devices: int, rounds: int) -> dict:
         try:
             w3 = connect(net.http_url(net.signers()[0]))
             coord = Coordinator.deploy(w3, operator)
-            coord.register_devices([(a.address, -10.0, 10.0) for a in accts])
+            register = sum(int(r["gasUsed"]) for r in coord.register_devices(
+                [(a.address, -10.0, 10.0) for a in accts]))
             settings = AdmmSettings(rho0=1.0, eps_abs=0.0, eps_rel=0.0, max_rounds=rounds)
-            sid = coord.open_session(_feeder(slots), settings, [a.address for a in accts],
-                                     deadline_blocks=1000)
+            sid = coord.open_session(_feeder(slots, devices), settings,
+                                     [a.address for a in accts], deadline_blocks=10**6)
+            open_gas = int(coord.open_receipt["gasUsed"])
             clients = [Coordinator(w3, coord.address, a) for a in accts]
-            plain, closing, first = [], [], []
+            plain: list[list[int]] = []
+            closing: list[int] = []
             for k in range(rounds):
-                for i, c in enumerate(clients):
-                    x = rng.uniform(-8, 8, slots)
-                    gas = int(c.submit(sid, k, x)["gasUsed"])
-                    if i == devices - 1:
-                        closing.append(gas)
-                    else:
-                        plain.append(gas)
-                        if k == 0:
-                            first.append(gas)
+                pending = [c.submit(sid, k, rng.uniform(-8, 8, slots), wait=False)
+                           for c in clients[:-1]]
+                plain.append([int(p.receipt()["gasUsed"]) for p in pending])
+                closing.append(int(clients[-1].submit(sid, k, rng.uniform(-8, 8, slots))
+                                   ["gasUsed"]))
             assert coord.is_finalized(sid), "session did not finalize after max rounds"
             version = w3.client_version
         finally:
             net.stop()
+    later = [g for r in plain[1:] for g in r]
+    every_plain = [g for r in plain for g in r]
     return {
         "slots": slots,
         "devices": devices,
-        "submit_gas_median": int(statistics.median(plain)) if plain else None,
+        "rounds": rounds,
+        "submit_gas_median": int(statistics.median(every_plain)) if every_plain else None,
+        "submit_gas_max": max(every_plain) if every_plain else None,
         "closing_submit_gas": int(statistics.median(closing)),
         "closing_submit_gas_max": max(closing),
-        "submit_gas_first_round": int(statistics.median(first)) if first else None,
-        "deploy_gas": int(coord.deploy_receipt["gasUsed"]),
-        "rounds": rounds,
+        "closing_submit_gas_min": min(closing),
+        "first_round_surcharge": (int(statistics.median(plain[0]) - statistics.median(later))
+                                  if later and plain[0] else None),
+        "open_session_gas": open_gas,
+        "register_gas": register,
+        "deploy_gas": sum(coord.deploy_gas.values()),
+        "runtime_bytes": {n: load_artifact(n).runtime_size
+                          for n in ("Coordinator", "ScheduleRegistry")},
+        "wall_s": round(time.monotonic() - t0, 1),
         "measured_on": version,
     }
 
@@ -85,14 +104,19 @@ def run(slots: int, devices: int, rounds: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slots", type=int, default=96)
-    ap.add_argument("--devices", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--devices", default="10,100,1000,2048",
+                    help="comma-separated N values (default 10,100,1000,2048)")
+    ap.add_argument("--rounds", type=int, default=4)
     a = ap.parse_args(argv)
-    if a.slots < 1 or a.devices < 1 or a.rounds < 1:
-        ap.error("--slots, --devices and --rounds must be >= 1")
-    print(f"bench_gas: T={a.slots} N={a.devices}, {a.rounds} rounds on geth...",
-          file=sys.stderr)
-    print(json.dumps(run(a.slots, a.devices, a.rounds)))
+    try:
+        ns = [int(v) for v in a.devices.split(",")]
+    except ValueError:
+        ap.error("--devices: expected comma-separated integers")
+    if a.slots < 1 or a.rounds < 2 or min(ns) < 2:
+        ap.error("--slots >= 1, --rounds >= 2 and every N >= 2")
+    for n in ns:
+        print(f"bench_gas: T={a.slots} N={n}, {a.rounds} rounds on geth...", file=sys.stderr)
+        print(json.dumps(run(a.slots, n, a.rounds)), flush=True)
     return 0
 
 

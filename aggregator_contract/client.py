@@ -56,6 +56,7 @@ from aggregator_contract.reference import AdmmSettings, Feeder
 from chain.genesis import tx_fees
 
 RECEIPT_TIMEOUT = 120.0
+REGISTER_BATCH = 500  # devices per register_devices transaction (~13M gas)
 
 
 # ---------------------------------------------------------------- refusals
@@ -211,7 +212,7 @@ def connect(url: str, timeout: float = 60.0) -> Web3:
 # N. The bound scales with T (storage words) and keeps ~50% headroom.
 def close_gas_bound(slots: int) -> int:
     """Gas limit of a submission (or advance) that may close the round."""
-    return 300_000 + fp.words_for(slots) * 40_000
+    return 300_000 + fp.words_for(slots) * 120_000
 
 
 def open_session_gas(devices: int, slots: int) -> int:
@@ -282,6 +283,8 @@ class PendingTx:
                 reason = "reverted (no reason: out of gas?)"
             except ContractLogicError as e:
                 reason = _reason(e) or "reverted without a reason (out of gas?)"
+            except Web3RPCError as e:  # geth answers "out of gas" as a plain RPC error
+                reason = _reason(e)
             err = refusal(self.what, reason)
             err.args = (f"{self.what}: tx {self.tx_hash.hex()} reverted: {reason}",)
             raise err
@@ -332,6 +335,7 @@ class Coordinator:
             "Coordinator").abi, decode_tuples=True)
         self._registry: Any = None
         self.deploy_receipt: Any = None  # set by deploy()
+        self.open_receipt: Any = None  # set by open_session()
         self.deploy_gas: dict[str, int] = {}
         self._sizes: dict[int, int] = {}
         self._slots_of: dict[int, int] = {}
@@ -368,15 +372,18 @@ class Coordinator:
                           "bind": int(r3["gasUsed"])}
         return out
 
-    def register_devices(self, entries: Iterable[tuple[str, float, float]]) -> Any:
-        """Whitelist (address, min_kw, max_kw) entries (or update their bounds). Bounds are
-        rounded to 1e-9 kW like submissions, so a value at a bound stays inside."""
+    def register_devices(self, entries: Iterable[tuple[str, float, float]]) -> list[Any]:
+        """Whitelist (address, min_kw, max_kw) entries (or update their bounds), in
+        transactions of REGISTER_BATCH devices; returns their receipts. Bounds are rounded
+        to 1e-9 kW like submissions, so a value at a bound stays inside."""
         args = []
         for addr, lo, hi in entries:
             lo_i, hi_i = fp.to_fixed([lo, hi])
             args.append((to_checksum_address(addr), lo_i, hi_i))
-        return self._transact(self.contract.functions.register_devices(args),
-                              f"register_devices({len(args)} devices)")
+        return [self._transact(self.contract.functions.register_devices(
+                    args[k:k + REGISTER_BATCH]),
+                    f"register_devices({len(args[k:k + REGISTER_BATCH])} devices)")
+                for k in range(0, len(args), REGISTER_BATCH)]
 
     def open_session(self, feeder: Feeder, settings: AdmmSettings, devices: Sequence[str],
                      deadline_blocks: int) -> int:
@@ -387,6 +394,7 @@ class Coordinator:
             fp.pack_kw(feeder.price, fp.PRICE_SCALE), fp.pack_kw(feeder.capacity),
             fp.pack_kw(feeder.export_limit), [to_checksum_address(d) for d in devices])
         receipt = self._transact(fn, f"open_session({len(devices)} devices, T={t})")
+        self.open_receipt = receipt
         (ev,) = self.contract.events.SessionOpened().process_receipt(receipt)
         return int(ev["args"]["session"])
 
