@@ -30,9 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # clear one-line errors for expected failures
+        from aggregator_contract.limits import ScaleError
         from lab.scenario import ScenarioError
 
-        if isinstance(e, ScenarioError):
+        if isinstance(e, ScenarioError | ScaleError):
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise

@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from aggregator_contract.client import Coordinator, CoordinatorError, connect, send_tx
+from aggregator_contract.limits import ScaleError, check_scale
 from chain import keys
+from chain.genesis import GAS_LIMIT
 from chain.network import Network, stop_run
 from lab import results as res
 from lab.runfolder import RunFolder, active_lab, claim, claimed_lab, release
@@ -308,10 +310,22 @@ class Lab:
         stop_pids(self.run.recorded_pids().values(), timeout=3)
 
 
+def scale_check(scenario: Scenario) -> dict:
+    """Refuse (ScaleError) a scenario one Coordinator session or one block cannot hold,
+    before anything starts; returns the gas bound of each call."""
+    try:
+        return check_scale(len(scenario.devices), scenario.horizon.slots,
+                           max(max(abs(b) for b in d.power_bounds())
+                               for d in scenario.devices), GAS_LIMIT)
+    except ScaleError as e:
+        raise ScaleError(f"scenario {scenario.name}: {e}") from None
+
+
 def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True,
              runtime: str | None = None) -> dict:
     """The whole lab once; returns the summary dict (`lab run` prints it as JSON).
     runtime: "local", "compose" or None (compose when a Docker engine answers)."""
+    scale_check(scenario)
     busy = active_lab()
     if busy is not None:
         raise SystemExit(f"error: a lab is already running (scenario {busy.get('scenario')}, "

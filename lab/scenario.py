@@ -813,7 +813,10 @@ def generate_homes(n: int, seed: int | None = None, *, check_feasible: bool = Tr
         if rng.random() < 0.4:
             comps.append({"id": "ac", "type": "thermal", "kind": "heat_pump", "mode": "cool",
                           "max_kw": r(1.5, 3.0), "cop": r(2.8, 3.6), "r_c_per_kw": r(2.0, 4.0),
-                          "c_kwh_per_c": r(3.0, 8.0), "t_init_c": 23.0, "t_min_c": 21.0,
+                          "c_kwh_per_c": r(3.0, 8.0), "t_init_c": 23.0,
+                          # a cooling-only unit cannot heat: the band's floor sits at the
+                          # night's outdoor minimum (18 degC), so leaky homes stay feasible
+                          "t_min_c": 18.0,
                           "t_max_c": r(24.5, 26.0), "t_out_c": {"profile": "summer"},
                           "comfort_per_c2h": 0.01})
         if rng.random() < 0.3:

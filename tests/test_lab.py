@@ -198,3 +198,18 @@ def test_down_cleans_up_after_a_killed_orchestrator(runs):
     assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
     _assert_nothing_left(run_dir)
     assert not (runs / "ACTIVE").exists()
+
+
+def test_scenario_too_large_refused_before_the_chain_starts(tmp_path):
+    """homes3300's open_session cannot fit in one block: refused naming the limit, with no
+    run folder and no process started."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LAB_RUNS": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "lab.cli", "run", "homes3300"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "open_session needs up to" in out.stderr
+    assert "above the block gas limit 100,000,000" in out.stderr
+    assert not any(tmp_path.iterdir()), "a run folder was created"
