@@ -67,6 +67,10 @@ bench-admm: setup
 bench-gas: setup
 	$(BIN)/python -m aggregator_contract.bench_gas
 
+# The whole lab on geth at N = 10, 100, 300, 1000 (about 25 min on 2 cores).
+bench-scale: setup
+	$(BIN)/python -m lab.bench_scale
+
 # Recompile the shipped contract artifacts (aggregator_contract/artifacts/) after editing a .vy.
 contracts: setup
 	$(BIN)/python -m aggregator_contract.compile

@@ -355,6 +355,7 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True,
         prog = lab.follow_rounds()
         wall_rounds = time.monotonic() - t_rounds
         x, meta = lab.read_schedule()
+        s_to_final = time.monotonic() - t0
         lab.write_results(x, meta, prog)
         summary = {
             "scenario": scenario.name,
@@ -367,6 +368,10 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True,
             "wall_s_total": None,
             "wall_s_rounds": round(wall_rounds, 3),
             "round_s_median": round(float(np.median([r["wall_s"] for r in prog.rows])), 4),
+            # from `lab run`'s start: the first round closed, the schedule read back
+            "s_to_first_round": round(t_rounds - t0 + prog.rows[0]["wall_s"], 3),
+            "s_to_final": round(s_to_final, 3),
+            "device_processes": len(lab.groups),
             # set-up (deploy, whitelist, session) plus the rounds' gas, counted as they closed
             "gas_total": (lab._gas_between(lab.deploy_block - 1, lab.open_block)
                           + sum(r["gas"] for r in prog.rows)),

@@ -862,12 +862,13 @@ def generate_homes(n: int, seed: int | None = None, *, check_feasible: bool = Tr
                    "gamma": round(0.1 / n, 6)},
         "admm": {"rho0": 0.03, "eps_abs": 1e-5, "eps_rel": 1e-3, "max_rounds": 100, "mu": 10,
                  "tau": 2, "solver": "CLARABEL"},
-        # Beyond 20 homes: devices grouped 10 to a node and process, and a 1 s block period,
+        # Beyond 20 homes: devices grouped on 10 member nodes, one process each (so homes1000
+        # is 11 geth nodes and 10 device processes of 100 devices), and a 1 s block period,
         # so that a round's N submissions share one or two blocks (with period 0 each may
         # seal a block of its own, and every node imports every block).
         "chain": {"signers": 1, "period": 1 if n > 20 else 0,
                   "nodes": "per_group" if n > 20 else "per_device",
-                  "group_size": 10, "round_deadline_blocks": 20},
+                  "group_size": max(10, -(-n // 10)), "round_deadline_blocks": 20},
         "playback": {"seconds_per_slot": 0.25, "realtime": False},
         "devices": devices,
     }
