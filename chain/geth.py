@@ -107,6 +107,9 @@ def node_command(geth: Path, spec: NodeSpec, network_id: int = CHAIN_ID,
         "--miner.gasprice", str(MIN_TIP_WEI),
         "--txpool.pricelimit", str(MIN_TIP_WEI),
         "--rpc.txfeecap", "0",  # no cap on fee per tx (huge round-closing txs are fine)
+        # eth_call/eth_estimateGas may use a whole block (open_session at N=2048: ~58M gas;
+        # geth's default cap is 50M)
+        "--rpc.gascap", str(GAS_LIMIT),
         "--verbosity", str(verbosity),
     ]
     if spec.addr in _LOOPBACK:
