@@ -227,6 +227,19 @@ def words_hash(words: Sequence[int]) -> int:
         2**160 - 1)
 
 
+# An ERC-5202 blueprint (0xFE7100 + initcode) whose initcode returns the bytes appended to it
+# as the new contract's code: PUSH1 13, CODESIZE, SUB, DUP1, PUSH1 13, PUSH1 0, CODECOPY,
+# PUSH1 0, RETURN (13 bytes, so the arguments start at byte 13). The Coordinator creates
+# one data contract per session from it (the session's constants, read by EXTCODECOPY).
+DATA_BLUEPRINT = bytes.fromhex("fe7100" "600d380380600d6000396000f3")
+
+
+def blueprint_initcode(code: bytes = DATA_BLUEPRINT) -> bytes:
+    """Deployment code that stores `code` as is: PUSH1 len, DUP1, PUSH1 11, PUSH1 0,
+    CODECOPY, PUSH1 0, RETURN, then `code`."""
+    return bytes([0x60, len(code)]) + bytes.fromhex("80600b6000396000f3") + code
+
+
 class _Nonces:
     """Next nonce per (chain endpoint, address); one transaction at a time per account."""
 
@@ -354,9 +367,11 @@ class Coordinator:
 
     @classmethod
     def deploy(cls, w3: Web3, operator: LocalAccount) -> Coordinator:
-        """Deploy a ScheduleRegistry and a Coordinator writing to it; `operator` pays,
-        becomes the Coordinator's operator and binds the registry to it."""
+        """Deploy the data blueprint, a ScheduleRegistry and a Coordinator writing to it;
+        `operator` pays, becomes the Coordinator's operator and binds the registry to it."""
         reg_art, coord_art = load_artifact("ScheduleRegistry"), load_artifact("Coordinator")
+        r0 = send_tx(w3, operator, {"data": "0x" + blueprint_initcode().hex()},
+                     "deploy data blueprint")
         reg_factory = w3.eth.contract(abi=reg_art.abi, bytecode=reg_art.bytecode)
         r1 = send_tx(w3, operator, {"data": reg_factory.constructor().data_in_transaction},
                      "deploy ScheduleRegistry")
@@ -364,12 +379,13 @@ class Coordinator:
                                    decode_tuples=True)
         factory = w3.eth.contract(abi=coord_art.abi, bytecode=coord_art.bytecode)
         r2 = send_tx(w3, operator, {"data": factory.constructor(
-            r1["contractAddress"]).data_in_transaction}, "deploy Coordinator")
+            r1["contractAddress"], r0["contractAddress"]).data_in_transaction},
+            "deploy Coordinator")
         out = cls(w3, r2["contractAddress"], operator)
         r3 = out._transact(registry.functions.bind(out.address), "bind ScheduleRegistry")
         out.deploy_receipt = r2
-        out.deploy_gas = {"registry": int(r1["gasUsed"]), "coordinator": int(r2["gasUsed"]),
-                          "bind": int(r3["gasUsed"])}
+        out.deploy_gas = {"blueprint": int(r0["gasUsed"]), "registry": int(r1["gasUsed"]),
+                          "coordinator": int(r2["gasUsed"]), "bind": int(r3["gasUsed"])}
         return out
 
     def register_devices(self, entries: Iterable[tuple[str, float, float]]) -> list[Any]:

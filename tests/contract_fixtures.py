@@ -15,7 +15,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from aggregator_contract import fixed_point as fp
-from aggregator_contract.client import session_params
+from aggregator_contract.client import blueprint_initcode, session_params
 from aggregator_contract.compile import load as load_artifact
 from aggregator_contract.reference import AdmmSettings, Feeder
 
@@ -101,8 +101,10 @@ def boa_deploy(operator: str):
     reg_factory = boa.loads_abi(json.dumps(reg_art.abi), name="ScheduleRegistry")
     factory = boa.loads_abi(json.dumps(art.abi), name="Coordinator")
     with boa.env.prank(operator):
+        bp_addr, _ = boa.env.deploy_code(bytecode=blueprint_initcode())
         reg_addr, _ = boa.env.deploy_code(bytecode=bytes.fromhex(reg_art.bytecode[2:]))
-        init = bytes.fromhex(art.bytecode[2:]) + abi_encode(["address"], [str(reg_addr)])
+        init = bytes.fromhex(art.bytecode[2:]) + abi_encode(["address", "address"],
+                                                            [str(reg_addr), str(bp_addr)])
         addr, _ = boa.env.deploy_code(bytecode=init)
         registry = reg_factory.at(reg_addr)
         registry.bind(addr)
