@@ -52,12 +52,19 @@ class Feeder:
         s = np.asarray(total_kw, dtype=float)
         return float(self.delta_h * np.sum(self.price * s + 0.5 * self.gamma * s * s))
 
+    def import_excess_kw(self, total_kw: np.ndarray) -> float:
+        """Largest excess of s over the import capacity C, in kW (0 when within)."""
+        s = np.asarray(total_kw, dtype=float)
+        return float(np.maximum(s - self.capacity, 0.0).max(initial=0.0))
+
+    def export_excess_kw(self, total_kw: np.ndarray) -> float:
+        """Largest excess of the export -s over the export limit E, in kW (0 when within)."""
+        s = np.asarray(total_kw, dtype=float)
+        return float(np.maximum(-self.export_limit - s, 0.0).max(initial=0.0))
+
     def violation_kw(self, total_kw: np.ndarray) -> float:
         """Largest excess of s over C or below -E, in kW (0 when within the box)."""
-        s = np.asarray(total_kw, dtype=float)
-        over = np.maximum(s - self.capacity, 0.0)
-        under = np.maximum(-self.export_limit - s, 0.0)
-        return float(max(over.max(initial=0.0), under.max(initial=0.0)))
+        return max(self.import_excess_kw(total_kw), self.export_excess_kw(total_kw))
 
 
 @dataclass(frozen=True)
