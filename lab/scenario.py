@@ -228,7 +228,8 @@ class Scenario:
 
     def admm_settings(self) -> AdmmSettings:
         a = self.admm
-        return AdmmSettings(a.rho0, a.eps_abs, a.eps_rel, a.max_rounds, a.mu, a.tau)
+        return AdmmSettings(a.rho0, a.eps_abs, a.eps_rel, a.max_rounds, a.mu, a.tau, a.alpha,
+                            a.viol_tol_kw)
 
     def device(self, device_id: str) -> DeviceSpec:
         for d in self.devices:
@@ -423,7 +424,8 @@ def _feeder(c: _Ctx, raw: Any) -> FeederSpec:
 def _admm(c: _Ctx, raw: Any) -> AdmmSpec:
     p, d = "admm", AdmmSpec()
     m = c.mapping(raw if raw is not None else {}, p)
-    c.known(m, ("rho0", "eps_abs", "eps_rel", "max_rounds", "mu", "tau", "solver"), p)
+    c.known(m, ("rho0", "eps_abs", "eps_rel", "max_rounds", "mu", "tau", "alpha",
+                "viol_tol_kw", "solver"), p)
 
     def num(key: str, **rng: float) -> float:
         return c.number(c.get(m, key, p, "", getattr(d, key)), f"{p}.{key}", **rng)
@@ -434,7 +436,8 @@ def _admm(c: _Ctx, raw: Any) -> AdmmSpec:
     return AdmmSpec(num("rho0", gt=0), num("eps_abs", gt=0), num("eps_rel", ge=0),
                     c.integer(c.get(m, "max_rounds", p, "", d.max_rounds), f"{p}.max_rounds",
                               ge=1),
-                    num("mu", gt=1), num("tau", gt=1), solver)
+                    num("mu", gt=1), num("tau", gt=1), num("alpha", gt=0, le=1.99),
+                    num("viol_tol_kw", gt=0), solver)
 
 
 def _chain(c: _Ctx, raw: Any) -> ChainSpec:
@@ -897,8 +900,7 @@ def generate_homes(n: int, seed: int | None = None, *, check_feasible: bool = Tr
                    "export_limit_kw": round(1.5 * n + 5, 1),
                    # losses scale with the feeder: gamma * s stays ~20-40 % of the price
                    "gamma": round(0.1 / n, 6)},
-        "admm": {"rho0": 0.03, "eps_abs": 1e-5, "eps_rel": 1e-3, "max_rounds": 100, "mu": 10,
-                 "tau": 2, "solver": "CLARABEL"},
+        "admm": {"solver": "CLARABEL"},  # the lab's ADMM defaults (AdmmSettings)
         # Beyond 20 homes: devices grouped 10 to a node and process, and a 1 s block period,
         # so that a round's N submissions share one or two blocks (with period 0 each may
         # seal a block of its own, and every node imports every block).
