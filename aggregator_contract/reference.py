@@ -2,27 +2,69 @@
 
 This is the one place the aggregate update is written in floating point. The in-process
 driver, the contract tests (which compare the Vyper fixed-point version against it round by
-round) and `lab verify` all call `aggregate_step`.
+round) and `lab verify` all call `aggregate_step`; each step below is one small function
+(`step2_average` ... `step6_rho_update`) so that the contract can mirror them one to one.
 
-Sharing ADMM, scaled form (Boyd et al. 2011, 7.3), iteration k, N devices, T slots:
+Sharing ADMM, scaled form (Boyd et al. 2011, 7.3), with over-relaxation (Boyd 3.4.3) and
+normalised residual balancing (OSQP, Stellato et al. 2020, 5.2). Round k, N devices, T slots:
 
     device i:  x_i+ = argmin_{x in X_i} f_i(x) + (rho/2)||x - v_i||^2,  v_i = x_i - xbar + zbar - u
     step 2:    xbar+ = (1/N) sum_i x_i+
-    step 3:    zbar+_t = clip((rho a_t - D pi_t) / (rho + N D gamma), -E_t/N, C_t/N),  a = u + xbar+
-    step 4:    u+ = u + xbar+ - zbar+
-    step 5:    r = sqrt(N) ||xbar+ - zbar+||,  s = rho sqrt(sum_i ||dx_i - dxbar + dzbar||^2)
-               eps_pri  = sqrt(p) eps_abs + eps_rel max(||x||, ||z||),   z_i = x_i - xbar + zbar
-               eps_dual = sqrt(p) eps_abs + eps_rel rho sqrt(N) ||u||,   p = N T
-    step 6:    r > mu s  =>  rho <- tau rho, u <- u / tau
-               s > mu r  =>  rho <- rho / tau, u <- tau u
+    step 3:    xhat = alpha xbar+ + (1 - alpha) zbar                       (over-relaxation)
+               zbar+_t = clip((rho a_t - D pi_t) / (rho + N D gamma), -E_t/N, C_t/N),  a = u + xhat
+    step 4:    u+ = u + xhat - zbar+
+    step 5:    r = sqrt(N) ||xbar+ - zbar+||
+               s = rho sqrt(sum_i ||dx_i - w||^2),  w = dxbar - dzbar - (1 - alpha)(xbar+ - zbar)
+               eps_pri  = sqrt(p) eps_abs + eps_rel max(||x||, ||z||),  z_i = x_i+ - xbar+ + zbar+
+               eps_dual = sqrt(p) eps_abs + eps_rel ||y||,  ||y|| = rho sqrt(N) ||u+||,  p = N T
+               viol = max_t max(N xbar+_t - C_t, -E_t - N xbar+_t, 0)   (the schedule's own excess)
+               converged  <=>  r <= eps_pri  and  s <= eps_dual  and  viol <= viol_tol
+    step 6:    (only when not converged)
+               f = sqrt((r / max(||x||, ||z||)) / (s / ||y||))
+               f > mu or f < 1/mu  =>  f <- clip(f, 1/tau, tau),  rho <- f rho,  u <- u / f
+
+Here d. = this round's value minus last round's (dx_i = x_i+ - x_i, dzbar = zbar+ - zbar) and
+zbar, u without + are last round's. With alpha = 1 this is plain sharing ADMM.
+
+Start (round 0): x_i = 0, xbar = zbar = 0, rho = rho0 and u = D pi / rho0, so that the price a
+device sees in its first local step, rho u, is the feeder's energy price: round 0 is each
+device's price-only optimum (pulled towards 0 by the small prox term) instead of x = 0.
 
 Step 3 is the closed-form prox of g(s) = sum_t D (pi_t s_t + gamma/2 s_t^2) with s = N zbar:
 minimising D (pi N z + gamma/2 N^2 z^2) + (N rho / 2)(z - a)^2 over z gives
 z = (rho a - D pi) / (rho + N D gamma), then the box -E/N <= z <= C/N.
 
-The sum over devices in `s` expands so that a contract needs only one scalar per device:
-sum_i ||dx_i - d||^2 = sum_i ||dx_i||^2 - 2 N <dxbar, d> + N ||d||^2 with d = dxbar - dzbar.
-This module computes it directly; the contract uses the expansion.
+Why s has the (1 - alpha) term. Device i's step is exact for the price rho u+ plus an error:
+x_i+ minimises f_i(x) + (rho u+ + e_i).x over X_i with e_i = rho (dx_i - w), and N zbar+
+minimises g(s) - rho u+.s over the box exactly. So s = ||(e_i)_i|| is the dual residual of
+the pair (x+, u+) whatever alpha is.
+
+What the stopping rule guarantees. Write lambda = rho u+ (the price every device sees) and
+kappa = lambda - D (pi + gamma N zbar+) (the congestion price, nonzero only where zbar+ is
+clipped). From the two optimality statements above, with S = sum_i x_i+ = N xbar+:
+
+    cost(x+) - p*  <=  -kappa.(S - N zbar+) + (D gamma / 2)||S - N zbar+||^2
+                       + sum_i max_{x in X_i} e_i.(x - x_i+)
+    p* - cost(x+)  <=  kappa*.(S - P(S))   (kappa* the optimal congestion price, P the box)
+
+where cost = sum_i f_i(x_i) + g(S) (g without its box). The first terms are the feeder's: the
+stopping rule bounds them through viol and r (||S - N zbar+||_inf <= sqrt(N) r, and
+|S - P(S)| <= viol slot by slot), so the gap from the limits is at most
+||kappa||_1 max(viol, sqrt(N) r) ~ (sum of congestion prices) x (kW error). The last term is
+the devices' and is bounded by s/rho times the size of the devices' feasible sets (a loose
+bound; measured: eps_rel = 1e-4 gives relative cost gaps of 1e-5..1e-4).
+viol itself is checked exactly: the schedule (the devices' own x_i+) exceeds neither limit by
+more than viol_tol, since N xbar+ = sum_i x_i+ is what the limits apply to.
+
+What a contract keeps between rounds: xbar, zbar, u (T-vectors), rho, and the running sums
+over devices sum_i ||x_i||^2 and sum_i ||dx_i||^2 (scalars; the vector sum_i x_i gives xbar).
+The sums in step 5 expand so that only those are needed, O(T) per round, independent of N:
+
+    sum_i ||dx_i - w||^2 = sum_i ||dx_i||^2 - 2 N <dxbar, w> + N ||w||^2
+    ||z||^2 = sum_i ||x_i+||^2 - N ||xbar+||^2 + N ||zbar+||^2     (sum_i (x_i+ - xbar+) = 0)
+
+xhat and w are formed during the round from xbar, xbar+, zbar and zbar+ (no extra storage).
+Everything is plain arithmetic, min/max/clip, and two square roots (norms and f).
 """
 
 from __future__ import annotations
@@ -52,22 +94,34 @@ class Feeder:
         s = np.asarray(total_kw, dtype=float)
         return float(self.delta_h * np.sum(self.price * s + 0.5 * self.gamma * s * s))
 
+    def import_excess_kw(self, total_kw: np.ndarray) -> float:
+        """Largest excess of s over the import capacity C, in kW (0 when within)."""
+        s = np.asarray(total_kw, dtype=float)
+        return float(np.maximum(s - self.capacity, 0.0).max(initial=0.0))
+
+    def export_excess_kw(self, total_kw: np.ndarray) -> float:
+        """Largest excess of the export -s over the export limit E, in kW (0 when within)."""
+        s = np.asarray(total_kw, dtype=float)
+        return float(np.maximum(-self.export_limit - s, 0.0).max(initial=0.0))
+
     def violation_kw(self, total_kw: np.ndarray) -> float:
         """Largest excess of s over C or below -E, in kW (0 when within the box)."""
-        s = np.asarray(total_kw, dtype=float)
-        over = np.maximum(s - self.capacity, 0.0)
-        under = np.maximum(-self.export_limit - s, 0.0)
-        return float(max(over.max(initial=0.0), under.max(initial=0.0)))
+        return max(self.import_excess_kw(total_kw), self.export_excess_kw(total_kw))
 
 
 @dataclass(frozen=True)
 class AdmmSettings:
-    rho0: float = 1.0
-    eps_abs: float = 1e-4
-    eps_rel: float = 1e-3
+    """The lab's defaults: one setting for every scenario (measured on homes10,
+    homes10-congested, homes100 and generated homesN-congested; see the module docstring)."""
+
+    rho0: float = 0.03
+    eps_abs: float = 1e-5
+    eps_rel: float = 1e-4
     max_rounds: int = 100
-    mu: float = 10.0
-    tau: float = 2.0
+    mu: float = 5.0  # step 6: rho changes only when the balancing factor leaves [1/mu, mu]
+    tau: float = 10.0  # step 6: largest change of rho in one round (factor)
+    alpha: float = 1.6  # step 3: over-relaxation, 1 <= alpha < 2 (1 = plain ADMM)
+    viol_tol_kw: float = 1e-3  # step 5: largest excess of sum_i x_i over C or below -E
 
 
 @dataclass(frozen=True)
@@ -83,9 +137,13 @@ class AggregatorState:
     converged: bool = False
 
     @classmethod
-    def initial(cls, devices: int, slots: int, rho0: float) -> AggregatorState:
+    def initial(cls, devices: int, slots: int, rho0: float,
+                feeder: Feeder | None = None) -> AggregatorState:
+        """Round 0: x_i = xbar = zbar = 0 and u = D pi / rho0 (the energy price as the first
+        dual; u = 0 without a feeder)."""
         zeros = np.zeros(slots)
-        return cls(0, float(rho0), zeros, zeros.copy(), zeros.copy(), np.zeros((devices, slots)))
+        u = zeros.copy() if feeder is None else initial_u(feeder, rho0)
+        return cls(0, float(rho0), zeros, zeros.copy(), u, np.zeros((devices, slots)))
 
     def target(self, x_prev: np.ndarray) -> np.ndarray:
         """v_i = x_i - xbar + zbar - u: the point device i's proximal term pulls towards."""
@@ -105,6 +163,100 @@ class RoundInfo:
     rho_next: float  # after residual balancing
     converged: bool
     extra: dict = field(default_factory=dict)
+    import_excess_kw: float = 0.0  # step 5: max_t (N xbar_t - C_t)+
+    export_excess_kw: float = 0.0  # step 5: max_t (-E_t - N xbar_t)+
+    x_scale: float = 0.0  # step 5: max(||x||, ||z||)
+    y_scale: float = 0.0  # step 5: ||y|| = rho sqrt(N) ||u||
+    factor: float = 1.0  # step 6: the balancing factor f (before the mu / tau tests)
+
+    @property
+    def violation_kw(self) -> float:
+        return max(self.import_excess_kw, self.export_excess_kw)
+
+
+def initial_u(feeder: Feeder, rho0: float) -> np.ndarray:
+    """u at round 0: D pi / rho0."""
+    return feeder.delta_h * feeder.price / rho0
+
+
+def step2_average(x_new: np.ndarray) -> np.ndarray:
+    """xbar+ = (1/N) sum_i x_i+ (the contract keeps the running sum of submissions)."""
+    return np.asarray(x_new, dtype=float).mean(axis=0)
+
+
+def step3_z_update(u: np.ndarray, xbar_new: np.ndarray, zbar: np.ndarray, rho: float, n: int,
+                   feeder: Feeder, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """xhat = alpha xbar+ + (1 - alpha) zbar; zbar+ = the prox of g at a = u + xhat, clipped to
+    the box. Returns (xhat, zbar+)."""
+    xhat = alpha * xbar_new + (1.0 - alpha) * zbar
+    a = u + xhat
+    delta = feeder.delta_h
+    z = (rho * a - delta * feeder.price) / (rho + n * delta * feeder.gamma)
+    return xhat, np.clip(z, -feeder.export_limit / n, feeder.capacity / n)
+
+
+def step4_u_update(u: np.ndarray, xhat: np.ndarray, zbar_new: np.ndarray) -> np.ndarray:
+    """u+ = u + xhat - zbar+."""
+    return u + xhat - zbar_new
+
+
+@dataclass(frozen=True)
+class Residuals:
+    r: float
+    s: float
+    eps_pri: float
+    eps_dual: float
+    x_scale: float
+    y_scale: float
+    import_excess_kw: float
+    export_excess_kw: float
+    converged: bool
+
+
+def step5_residuals(state: AggregatorState, x_new: np.ndarray, xbar_new: np.ndarray,
+                    zbar_new: np.ndarray, u_new: np.ndarray, rho: float, feeder: Feeder,
+                    settings: AdmmSettings) -> Residuals:
+    """Primal and dual residuals, their tolerances, the schedule's excess over the feeder
+    limits, and the convergence test (module docstring, step 5)."""
+    n, t = x_new.shape
+    r = float(np.sqrt(n) * np.linalg.norm(xbar_new - zbar_new))
+    w = (xbar_new - state.xbar) - (zbar_new - state.zbar) \
+        - (1.0 - settings.alpha) * (xbar_new - state.zbar)
+    s = float(rho * np.linalg.norm((x_new - state.x) - w))
+    x_norm = float(np.linalg.norm(x_new))
+    z_norm = float(np.linalg.norm(x_new - xbar_new + zbar_new))
+    x_scale = max(x_norm, z_norm)
+    y_scale = float(rho * np.sqrt(n) * np.linalg.norm(u_new))
+    sqrt_p = float(np.sqrt(n * t))
+    eps_pri = sqrt_p * settings.eps_abs + settings.eps_rel * x_scale
+    eps_dual = sqrt_p * settings.eps_abs + settings.eps_rel * y_scale
+    total = n * xbar_new
+    imp, exp = feeder.import_excess_kw(total), feeder.export_excess_kw(total)
+    converged = (r <= eps_pri and s <= eps_dual
+                 and max(imp, exp) <= settings.viol_tol_kw)
+    return Residuals(r, s, eps_pri, eps_dual, x_scale, y_scale, imp, exp, converged)
+
+
+def balancing_factor(res: Residuals) -> float:
+    """f = sqrt((r / max(||x||, ||z||)) / (s / ||y||)): the rho that would make the two
+    normalised residuals equal, relative to this one."""
+    num, den = res.r * res.y_scale, res.s * res.x_scale
+    if num <= 0.0:
+        return 0.0
+    if den <= 0.0:
+        return float("inf")
+    return float(np.sqrt(num / den))
+
+
+def step6_rho_update(rho: float, u: np.ndarray, factor: float,
+                     settings: AdmmSettings) -> tuple[float, np.ndarray]:
+    """Normalised residual balancing: rho <- f rho when f leaves [1/mu, mu] (f clipped to
+    [1/tau, tau]). The scaled dual u = y / rho is rescaled so that the unscaled dual y is
+    unchanged by the new rho."""
+    if 1.0 / settings.mu <= factor <= settings.mu:
+        return rho, u
+    f = min(max(factor, 1.0 / settings.tau), settings.tau)
+    return rho * f, u / f
 
 
 def aggregate_step(
@@ -113,46 +265,19 @@ def aggregate_step(
     """Steps 2-6 for one round. `x_new` is (N, T): every device's submission this round
     (a straggler's row is its previous x_i). Returns the next state and the round's figures."""
     x_new = np.asarray(x_new, dtype=float)
-    n, t = x_new.shape
+    n, _ = x_new.shape
     rho = state.rho
-    delta = feeder.delta_h
-
-    xbar = x_new.mean(axis=0)
-    a = state.u + xbar
-    zbar = (rho * a - delta * feeder.price) / (rho + n * delta * feeder.gamma)
-    zbar = np.clip(zbar, -feeder.export_limit / n, feeder.capacity / n)
-    u = state.u + xbar - zbar
-
-    r = float(np.sqrt(n) * np.linalg.norm(xbar - zbar))
-    dz = (x_new - state.x) - (xbar - state.xbar) + (zbar - state.zbar)
-    s = float(rho * np.linalg.norm(dz))
-    z = x_new - xbar + zbar
-    sqrt_p = np.sqrt(n * t)
-    eps_pri = float(
-        sqrt_p * settings.eps_abs
-        + settings.eps_rel * max(np.linalg.norm(x_new), np.linalg.norm(z))
-    )
-    u_norm = np.sqrt(n) * np.linalg.norm(u)
-    eps_dual = float(sqrt_p * settings.eps_abs + settings.eps_rel * rho * u_norm)
-    converged = r <= eps_pri and s <= eps_dual
-
+    xbar = step2_average(x_new)
+    xhat, zbar = step3_z_update(state.u, xbar, state.zbar, rho, n, feeder, settings.alpha)
+    u = step4_u_update(state.u, xhat, zbar)
+    res = step5_residuals(state, x_new, xbar, zbar, u, rho, feeder, settings)
+    factor = balancing_factor(res)
     rho_next = rho
-    if not converged:
-        rho_next, u = balance(rho, u, r, s, settings)
-
-    nxt = AggregatorState(state.round + 1, rho_next, xbar, zbar, u, x_new, converged)
-    info = RoundInfo(state.round, r, s, eps_pri, eps_dual, rho, rho_next, converged)
+    if not res.converged:
+        rho_next, u = step6_rho_update(rho, u, factor, settings)
+    nxt = AggregatorState(state.round + 1, rho_next, xbar, zbar, u, x_new, res.converged)
+    info = RoundInfo(state.round, res.r, res.s, res.eps_pri, res.eps_dual, rho, rho_next,
+                     res.converged, import_excess_kw=res.import_excess_kw,
+                     export_excess_kw=res.export_excess_kw, x_scale=res.x_scale,
+                     y_scale=res.y_scale, factor=factor)
     return nxt, info
-
-
-def balance(
-    rho: float, u: np.ndarray, r: float, s: float, settings: AdmmSettings
-) -> tuple[float, np.ndarray]:
-    """Residual balancing (Boyd 3.4.1). The scaled dual u = y / rho is rescaled so that the
-    unscaled dual y is unchanged by the new rho."""
-    if r > settings.mu * s:
-        return rho * settings.tau, u / settings.tau
-    if s > settings.mu * r:
-        return rho / settings.tau, u * settings.tau
-    return rho, u
-

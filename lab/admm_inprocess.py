@@ -3,7 +3,8 @@ from aggregator_contract.reference (the same float math the contract is checked 
 
 Round k: each device solves its local step against v_i = x_i - xbar + zbar - u with the
 current rho, then `reference.aggregate_step` does steps 2-6 (DESIGN.md). The first round
-starts from x_i = 0, xbar = zbar = u = 0, rho = rho0, as the contract does.
+starts from x_i = 0, xbar = zbar = 0, u = D pi / rho0, rho = rho0
+(`AggregatorState.initial` with the feeder), so round 0 is each device's price-only optimum.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def run_admm(scenario: Scenario, *, solver: str | None = None, max_rounds: int |
     if problems is None:
         problems = [LocalProblem(d, solver=solver) for d in scenario.devices]
     n, t = len(problems), scenario.horizon.slots
-    state = AggregatorState.initial(n, t, settings.rho0)
+    state = AggregatorState.initial(n, t, settings.rho0, feeder)
     history: list[dict] = []
     for _ in range(rounds_cap):
         t0 = time.perf_counter()
@@ -59,7 +60,9 @@ def run_admm(scenario: Scenario, *, solver: str | None = None, max_rounds: int |
         state, info = aggregate_step(state, x_new, feeder, settings)
         row = {"round": info.round, "r": info.r, "s": info.s, "eps_pri": info.eps_pri,
                "eps_dual": info.eps_dual, "rho": info.rho, "rho_next": info.rho_next,
-               "converged": info.converged, "wall_s": time.perf_counter() - t0}
+               "converged": info.converged, "import_excess_kw": info.import_excess_kw,
+               "export_excess_kw": info.export_excess_kw, "factor": info.factor,
+               "wall_s": time.perf_counter() - t0}
         history.append(row)
         if on_round is not None:
             on_round(row)

@@ -57,6 +57,17 @@ def total_cost(scenario: Scenario, x: np.ndarray, private_costs: np.ndarray) -> 
 
 
 def capacity_violation_kw(scenario: Scenario, x: np.ndarray) -> float:
+    """Largest excess of sum_i x_i over the import capacity C (kW)."""
+    return scenario.feeder_params().import_excess_kw(np.asarray(x).sum(axis=0))
+
+
+def export_violation_kw(scenario: Scenario, x: np.ndarray) -> float:
+    """Largest excess of -sum_i x_i over the export limit E (kW)."""
+    return scenario.feeder_params().export_excess_kw(np.asarray(x).sum(axis=0))
+
+
+def violation_kw(scenario: Scenario, x: np.ndarray) -> float:
+    """The larger of the two (kW)."""
     return scenario.feeder_params().violation_kw(np.asarray(x).sum(axis=0))
 
 

@@ -196,3 +196,22 @@ def test_parse_in_memory_reports_source():
     doc["admm"]["solver"] = "gurobi"
     with pytest.raises(ScenarioError, match=r"mem\.yaml: admm\.solver: expected one of OSQP"):
         parse(doc, "mem.yaml")
+
+
+def test_homes10_congested_binds_both_limits_in_the_central_optimum():
+    from lab.central import solve_central
+
+    s = load("homes10-congested")
+    assert s.feeder.capacity_kw[0] == 7 and s.feeder.export_limit_kw[0] == 6
+    tot = solve_central(s).x.sum(0)
+    assert np.sum(tot >= 7 - 1e-6) >= 8 and np.sum(tot <= -6 + 1e-6) >= 8
+
+
+def test_generated_congested_is_seeded_and_tighter():
+    a = load("homes3-congested-seed5")
+    assert a.name == "homes3-congested-seed5" and a.seed == 5
+    assert load("homes3-congested-seed5").to_yaml() == a.to_yaml()
+    base = load("homes3-seed5")
+    assert base.name == "homes3-seed5" and base.devices == a.devices
+    assert a.feeder.capacity_kw[0] < base.feeder.capacity_kw[0]
+    assert a.feeder.export_limit_kw[0] < base.feeder.export_limit_kw[0]
