@@ -57,10 +57,13 @@ MAX_LANE: constant(int256) = 2**63 - 1
 BIAS: constant(int256) = 2**63  # S and SNAP lanes hold value + BIAS
 ZERO_BIASED: constant(uint256) = (1 << 63) | (1 << 127) | (1 << 191) | (1 << 255)
 # the constants' code: 3 offsets, then each array's length word and MAX_WORDS words
-CONSTS_BYTES: constant(uint256) = 96 + 3 * 32 * (1 + MAX_WORDS)
-PRICE_AT: constant(uint256) = 96 + 32
+CONSTS_BYTES: constant(uint256) = 160 + 5 * 32 * (1 + MAX_WORDS)
+PRICE_AT: constant(uint256) = 160 + 32
 CAP_N_AT: constant(uint256) = PRICE_AT + 32 * MAX_WORDS + 32
 EXP_N_AT: constant(uint256) = CAP_N_AT + 32 * MAX_WORDS + 32
+CAP_AT: constant(uint256) = EXP_N_AT + 32 * MAX_WORDS + 32
+EXP_AT: constant(uint256) = CAP_AT + 32 * MAX_WORDS + 32
+RATIO_MAX: constant(int256) = 10**36  # step 6's ratios, clamped (WAD: 1e18)
 WAD: constant(int256) = 10**18
 WAD_U: constant(uint256) = 10**18
 RHO_MIN: constant(int256) = 10**9  # 1e-9
@@ -113,6 +116,8 @@ struct AdmmParams:
     tau_wad: int256
     max_rounds: uint256
     deadline_blocks: uint256
+    alpha_wad: int256  # over-relaxation, in [1, 2)
+    viol_tol_nkw: int256  # the stopping rule's largest excess over C or below -E
 
 
 struct Current:
@@ -148,6 +153,10 @@ struct Residuals:
     s: int256
     eps_pri: int256
     eps_dual: int256
+    import_excess: int256  # max_t (S_t - C_t)+, nkW
+    export_excess: int256  # max_t (-E_t - S_t)+, nkW
+    factor: int256  # step 6's balancing factor f (WAD)
+    converged: bool
 
 
 # the sums of one round close that step 5 needs (all exact integers, see header)
@@ -157,6 +166,8 @@ struct CloseSums:
     sdx_d: int256  # <S - SNAP, d>
     s_zx: int256  # <S, zbar - xbar>
     uu: int256  # |u|^2 before balancing
+    imp: int256  # max_t (S_t - C_t), at least 0
+    exp: int256  # max_t (-E_t - S_t), at least 0
 
 
 interface ScheduleRegistry:
@@ -203,6 +214,9 @@ event RoundClosed:
     rho_next: int256
     converged: bool
     stragglers: uint256
+    import_excess: int256
+    export_excess: int256
+    factor: int256
     xbar: DynArray[uint256, MAX_WORDS]
     zbar: DynArray[uint256, MAX_WORDS]
     u: DynArray[uint256, MAX_WORDS]
@@ -222,10 +236,11 @@ device_word: HashMap[address, uint256]
 dev: HashMap[address, uint256]  # see DEV_* above
 
 status: uint256  # see ST_* above
-# the latest session's AdmmParams in 3 words (a close reads 3 slots, not 10): delta | gamma
+# the latest session's AdmmParams in 4 words (a close reads 4 slots, not 12): delta | gamma
 # << 128; eps_abs | eps_rel << 64 | mu << 128; tau | max_rounds << 128 | deadline_blocks
-# << 160 | slots << 192. rho0 is only needed at open (and by the `params` view).
-params_w: uint256[3]
+# << 160 | slots << 192; alpha | viol_tol << 128. rho0 is only needed at open (and by
+# the `params` view).
+params_w: uint256[4]
 rho0_wad: int256
 round_deadline: public(uint256)  # block number after which anyone may advance
 rho_wad: public(int256)
@@ -335,6 +350,8 @@ def open_session(
     assert p.tau_wad >= WAD and p.tau_wad <= 10**20, "tau must be in [1, 100]"
     assert p.max_rounds > 0 and p.max_rounds < 2**32, "max_rounds must be in [1, 2^32)"
     assert p.deadline_blocks > 0 and p.deadline_blocks < 2**32, "bad deadline_blocks"
+    assert p.alpha_wad >= WAD and p.alpha_wad < 2 * WAD, "alpha must be in [1, 2)"
+    assert p.viol_tol_nkw >= 0 and p.viol_tol_nkw <= MAX_LANE, "viol_tol must be in int64"
     assert len(participants) > 0, "no devices"
 
     sid += 1
@@ -342,12 +359,17 @@ def open_session(
     pw: DynArray[uint256, MAX_WORDS] = []
     cw: DynArray[uint256, MAX_WORDS] = []
     ew: DynArray[uint256, MAX_WORDS] = []
+    caw: DynArray[uint256, MAX_WORDS] = []
+    exw: DynArray[uint256, MAX_WORDS] = []
     for w: uint256 in range(MAX_WORDS):
         if w >= words:
             pw.append(0)
             cw.append(0)
             ew.append(0)
+            caw.append(0)
+            exw.append(0)
             continue
+        u0: uint256 = 0
         cn: uint256 = 0
         en: uint256 = 0
         for j: uint256 in range(LANES):
@@ -358,13 +380,19 @@ def open_session(
             assert c >= 0 and e >= 0, "capacity and export limit must be >= 0"
             cn |= self._enc(self._div(c, n)) << (j * 64)
             en |= self._enc(self._div(e, n)) << (j * 64)
+            # the price start: u = delta pi / rho0, so round 0 is each device's price-only step
+            u0 |= self._enc(self._div(p.delta_wad * self._lane(price[w], j), p.rho0_wad)) << (
+                j * 64
+            )
         pw.append(price[w])
         cw.append(cn)
         ew.append(en)
+        caw.append(capacity[w])
+        exw.append(export_limit[w])
+        self.u_w[w] = u0 ^ STATE_FLIP
         self.sum_w[w] = ZERO_BIASED
         self.snap_w[w] = ZERO_BIASED
         self.zbar_w[w] = STATE_FLIP  # the zero vector
-        self.u_w[w] = STATE_FLIP
 
     big: int256 = 0  # the largest |bound| of the participants
     for d: address in participants:
@@ -376,13 +404,16 @@ def open_session(
     assert n * big < 2**62, "N * max |bound| beyond the sum's lane"
     assert n * convert(p.slots, int256) * big * big < 2**118, "N * T * bound^2 beyond 2^118"
 
-    self.consts = create_from_blueprint(BLUEPRINT, abi_encode(pw, cw, ew), raw_args=True)
+    self.consts = create_from_blueprint(
+        BLUEPRINT, abi_encode(pw, cw, ew, caw, exw), raw_args=True
+    )
     self.params_w = [
         convert(p.delta_wad, uint256) | (convert(p.gamma_wad, uint256) << 128),
         convert(p.eps_abs_wad, uint256) | (convert(p.eps_rel_wad, uint256) << 64)
         | (convert(p.mu_wad, uint256) << 128),
         convert(p.tau_wad, uint256) | (p.max_rounds << 128) | (p.deadline_blocks << 160)
         | (p.slots << 192),
+        convert(p.alpha_wad, uint256) | (convert(p.viol_tol_nkw, uint256) << 128),
     ]
     self.rho0_wad = p.rho0_wad
     self.status = (sid << ST_SESSION) | (p.slots << ST_SLOTS) | (len(participants) << ST_N)
@@ -693,34 +724,49 @@ def _step5_residuals(
     c: CloseSums, sq_x: int256, sq_dx: int256, n: int256, slots: uint256, rho: int256,
     p: AdmmParams
 ) -> Residuals:
-    """Step 5: r, s, eps_pri, eps_dual from the round's sums (see header)."""
+    """Step 5: r, s, the scales, eps_pri, eps_dual, the limits' excess, the stopping test
+    and the balancing factor of step 6, from the round's sums (see header)."""
     res: Residuals = empty(Residuals)
     res.r = self._sqrt_wad(n * c.r2)
     res.s = self._div(rho * self._sqrt_wad(sq_dx - 2 * c.sdx_d + n * c.dd), WAD)
     sqrt_p: int256 = convert(isqrt(convert(n, uint256) * slots * WAD_U * WAD_U), int256)
     abs_part: int256 = self._div(sqrt_p * p.eps_abs_wad, WAD)
-    norm_x: int256 = self._sqrt_wad(sq_x)
-    norm_z: int256 = self._sqrt_wad(sq_x + 2 * c.s_zx + n * c.r2)
-    res.eps_pri = abs_part + self._div(p.eps_rel_wad * max(norm_x, norm_z), WAD)
-    res.eps_dual = abs_part + self._div(
-        self._div(p.eps_rel_wad * rho, WAD) * self._sqrt_wad(n * c.uu), WAD
+    x_scale: int256 = max(self._sqrt_wad(sq_x), self._sqrt_wad(sq_x + 2 * c.s_zx + n * c.r2))
+    y_scale: int256 = self._div(rho * self._sqrt_wad(n * c.uu), WAD)
+    res.eps_pri = abs_part + self._div(p.eps_rel_wad * x_scale, WAD)
+    res.eps_dual = abs_part + self._div(p.eps_rel_wad * y_scale, WAD)
+    res.import_excess = c.imp
+    res.export_excess = c.exp
+    res.converged = (
+        res.r <= res.eps_pri and res.s <= res.eps_dual
+        and max(c.imp, c.exp) <= p.viol_tol_nkw
     )
+    # f = sqrt((r / x_scale) (y_scale / s)), each ratio clamped to [1e-18, 1e18] so that
+    # nothing overflows (f is clipped to [1/tau, tau] anyway)
+    ra: int256 = RATIO_MAX
+    if x_scale > 0:
+        ra = min(self._div(res.r * WAD, x_scale), RATIO_MAX)
+    rb: int256 = RATIO_MAX
+    if res.s > 0:
+        rb = min(self._div(y_scale * WAD, res.s), RATIO_MAX)
+    res.factor = self._sqrt_wad(self._div(max(ra, 1) * max(rb, 1), WAD))
     return res
 
 
 @internal
 @pure
-def _step6_balance(res: Residuals, rho: int256, p: AdmmParams) -> (int256, int256, int256):
-    """Step 6: residual balancing. Returns (rho_next, num, den): u is rescaled by num/den."""
-    if res.r * WAD > p.mu_wad * res.s:
-        nxt: int256 = self._div(rho * p.tau_wad, WAD)
-        if nxt <= RHO_MAX:
-            return nxt, WAD, p.tau_wad
-    elif res.s * WAD > p.mu_wad * res.r:
-        nxt: int256 = self._div(rho * WAD, p.tau_wad)
-        if nxt >= RHO_MIN:
-            return nxt, p.tau_wad, WAD
-    return rho, WAD, WAD
+def _step6_rho(res: Residuals, rho: int256, p: AdmmParams) -> (int256, int256):
+    """Step 6: normalised residual balancing. When f leaves [1/mu, mu], rho <- f rho with f
+    clipped to [1/tau, tau] (and rho to [RHO_MIN, RHO_MAX]). Returns (rho_next, f): u is
+    then divided by f (WAD: unchanged)."""
+    f: int256 = res.factor
+    if f <= p.mu_wad and f * p.mu_wad >= WAD * WAD:
+        return rho, WAD
+    f = min(max(f, self._div(WAD * WAD, p.tau_wad)), p.tau_wad)
+    nxt: int256 = self._div(rho * f, WAD)
+    if nxt < RHO_MIN or nxt > RHO_MAX:
+        return rho, WAD
+    return nxt, f
 
 
 @internal
@@ -732,6 +778,7 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
     n: int256 = convert((self.status >> ST_N) & M32, int256)
     rho: int256 = self.rho_wad
     den: int256 = rho + self._div(n * p.delta_wad * p.gamma_wad, WAD)
+    beta: int256 = WAD - p.alpha_wad  # 1 - alpha (<= 0)
     u: int256[MAX_SLOTS] = empty(int256[MAX_SLOTS])
     xw: DynArray[uint256, MAX_WORDS] = []
     zw: DynArray[uint256, MAX_WORDS] = []
@@ -745,6 +792,8 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
         pw: uint256 = convert(extract32(cb, PRICE_AT + 32 * w), uint256)
         cw: uint256 = convert(extract32(cb, CAP_N_AT + 32 * w), uint256)
         ew: uint256 = convert(extract32(cb, EXP_N_AT + 32 * w), uint256)
+        caw: uint256 = convert(extract32(cb, CAP_AT + 32 * w), uint256)
+        exw: uint256 = convert(extract32(cb, EXP_AT + 32 * w), uint256)
         xout: uint256 = 0
         zout: uint256 = 0
         for j: uint256 in range(LANES):
@@ -752,74 +801,38 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
             if t >= p.slots:
                 break
             sh: uint256 = unsafe_mul(j, 64)
-            # lanes decoded inline (this loop runs T times per round)
+            # Steps 2-4, inlined: this loop runs T times per round, and an internal call per
+            # step cost ~110k gas a round at T=96 (measured). fixed_round.py's step2_average,
+            # step3_zbar and step4_u are the same lines in Python.
             s_t: int256 = unsafe_sub(convert((sw >> sh) & LANE_MASK, int256), BIAS)
             s_old: int256 = unsafe_sub(convert((snw >> sh) & LANE_MASK, int256), BIAS)
-            ds_t: int256 = unsafe_sub(s_t, s_old)  # sum_i dx_i
-            # Steps 2-4, inlined: this loop runs T times per round, and an internal call per
-            # step cost ~110k gas a round at T=96 (measured). fixed_round.step2_average,
-            # step3_zbar and step4_u are the same lines in Python.
             # step 2: xbar_t = S_t / N (and last round's, from SNAP), half away from zero
-            h: int256 = unsafe_div(n, 2)
-            xb: int256 = 0
-            if s_t >= 0:
-                xb = unsafe_div(unsafe_add(s_t, h), n)
-            else:
-                xb = unsafe_sub(0, unsafe_div(unsafe_add(unsafe_sub(0, s_t), h), n))
-            xbo: int256 = 0
-            if s_old >= 0:
-                xbo = unsafe_div(unsafe_add(s_old, h), n)
-            else:
-                xbo = unsafe_sub(0, unsafe_div(unsafe_add(unsafe_sub(0, s_old), h), n))
-            # zigzag lanes of u, pi, C/N, E/N and last round's zbar
-            z: uint256 = (uw >> sh) & LANE_MASK
-            uo: int256 = convert(z >> 1, int256)
-            if z & 1 == 1:
-                uo = unsafe_sub(unsafe_sub(0, uo), 1)
-            z = (pw >> sh) & LANE_MASK
-            pr: int256 = convert(z >> 1, int256)
-            if z & 1 == 1:
-                pr = unsafe_sub(unsafe_sub(0, pr), 1)
-            z = (cw >> sh) & LANE_MASK
-            cn: int256 = convert(z >> 1, int256)
-            if z & 1 == 1:
-                cn = unsafe_sub(unsafe_sub(0, cn), 1)
-            z = (ew >> sh) & LANE_MASK
-            en: int256 = convert(z >> 1, int256)
-            if z & 1 == 1:
-                en = unsafe_sub(unsafe_sub(0, en), 1)
-            z = (zbw >> sh) & LANE_MASK
-            zo: int256 = convert(z >> 1, int256)
-            if z & 1 == 1:
-                zo = unsafe_sub(unsafe_sub(0, zo), 1)
-            # step 3: zbar_t = clip((rho a_t - delta pi_t) / den, -E_t/N, C_t/N), a = u + xbar
-            num: int256 = rho * (uo + xb) - p.delta_wad * pr
-            hd: int256 = unsafe_div(den, 2)
-            zb: int256 = 0
-            if num >= 0:
-                zb = unsafe_div(unsafe_add(num, hd), den)
-            else:
-                zb = unsafe_sub(0, unsafe_div(unsafe_add(unsafe_sub(0, num), hd), den))
-            zb = min(max(zb, unsafe_sub(0, en)), cn)
-            # step 4: u_t + xbar_t - zbar_t
-            un: int256 = unsafe_sub(unsafe_add(uo, xb), zb)
+            xb: int256 = self._div(s_t, n)
+            xbo: int256 = self._div(s_old, n)
+            uo: int256 = self._dec(uw, sh)
+            zo: int256 = self._dec(zbw, sh)
+            # step 3: xhat = alpha xbar+ + (1 - alpha) zbar; a = u + xhat;
+            #         zbar+ = clip((rho a - delta pi) / den, -E/N, C/N)
+            xh: int256 = self._div(p.alpha_wad * xb + beta * zo, WAD)
+            zb: int256 = self._div(rho * (uo + xh) - p.delta_wad * self._dec(pw, sh), den)
+            zb = min(max(zb, -self._dec(ew, sh)), self._dec(cw, sh))
+            # step 4: u+ = u + xhat - zbar+
+            un: int256 = uo + xh - zb
             u[t] = un
-            if xb >= 0:
-                xout |= convert(xb, uint256) << unsafe_add(sh, 1)
-            else:
-                xout |= (unsafe_sub(convert(unsafe_sub(0, xb), uint256) << 1, 1)) << sh
-            if zb >= 0:
-                zout |= convert(zb, uint256) << unsafe_add(sh, 1)
-            else:
-                zout |= (unsafe_sub(convert(unsafe_sub(0, zb), uint256) << 1, 1)) << sh
-            gap: int256 = unsafe_sub(zb, xb)
-            d: int256 = unsafe_sub(unsafe_sub(xb, xbo), unsafe_sub(zb, zo))
-            # unchecked: lanes are int64, products < 2^130, at most 384 terms
+            xout |= self._enc(xb) << sh
+            zout |= self._enc(zb) << sh
+            # step 5's sums: gap = zbar+ - xbar+; w = dxbar - dzbar - (1 - alpha)(xbar+ - zbar)
+            gap: int256 = zb - xb
+            wv: int256 = (xb - xbo) - (zb - zo) - self._div(beta * (xb - zo), WAD)
+            # unchecked: lanes are int64, products < 2^135, at most 384 terms
             c.r2 = unsafe_add(c.r2, unsafe_mul(gap, gap))
-            c.dd = unsafe_add(c.dd, unsafe_mul(d, d))
-            c.sdx_d = unsafe_add(c.sdx_d, unsafe_mul(ds_t, d))
+            c.dd = unsafe_add(c.dd, unsafe_mul(wv, wv))
+            c.sdx_d = unsafe_add(c.sdx_d, unsafe_mul(s_t - s_old, wv))
             c.s_zx = unsafe_add(c.s_zx, unsafe_mul(s_t, gap))
             c.uu = unsafe_add(c.uu, unsafe_mul(un, un))
+            # the schedule's own excess over the limits: S_t = sum_i x_i exactly
+            c.imp = max(c.imp, s_t - self._dec(caw, sh))
+            c.exp = max(c.exp, -self._dec(exw, sh) - s_t)
         self.snap_w[w] = sw
         self.zbar_w[w] = zout ^ STATE_FLIP
         xw.append(xout)
@@ -830,15 +843,13 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
         c, convert(a & M128, int256), convert((a >> 128) & M127, int256), n, p.slots, rho, p
     )
     self.acc = ACC_MARK | (a & M128)  # SQDX restarts for the next round
-    converged: bool = res.r <= res.eps_pri and res.s <= res.eps_dual
 
     rho_next: int256 = rho
-    num: int256 = WAD
-    dnm: int256 = WAD
-    if not converged:
-        rho_next, num, dnm = self._step6_balance(res, rho, p)
+    f: int256 = WAD
+    if not res.converged:
+        rho_next, f = self._step6_rho(res, rho, p)
 
-    # store u (after balancing); a u beyond int64 ends the session as diverged
+    # store u (rescaled by 1/f when rho moved); a u beyond int64 ends the session as diverged
     diverged: bool = False
     uw_out: DynArray[uint256, MAX_WORDS] = []
     for w: uint256 in range(words, bound=MAX_WORDS):
@@ -848,8 +859,8 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
             if t >= p.slots:
                 break
             v: int256 = u[t]
-            if num != dnm:
-                v = self._div(v * num, dnm)
+            if f != WAD:
+                v = self._div(v * WAD, f)
             if v > MAX_LANE or v < -MAX_LANE:
                 diverged = True
                 v = 0
@@ -867,21 +878,24 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
         eps_dual=res.eps_dual,
         rho=rho,
         rho_next=rho_next,
-        converged=converged,
+        converged=res.converged,
         stragglers=stragglers,
+        import_excess=res.import_excess,
+        export_excess=res.export_excess,
+        factor=res.factor,
         xbar=xw,
         zbar=zw,
         u=uw_out,
     )
 
     status: uint256 = self.status
-    if converged or diverged or round + 1 >= p.max_rounds:
+    if res.converged or diverged or round + 1 >= p.max_rounds:
         self.status = status | (1 << ST_FINAL)
         extcall ScheduleRegistry(registry).record_final(
             session,
             Final(
                 finalized=True,
-                converged=converged,
+                converged=res.converged,
                 round=round,
                 block=block.number,
                 timestamp=block.timestamp,
@@ -889,7 +903,7 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
                 slots=p.slots,
             ),
         )
-        log Finalized(session=session, round=round, converged=converged, diverged=diverged)
+        log Finalized(session=session, round=round, converged=res.converged, diverged=diverged)
     else:
         # next round, no submissions yet
         self.status = (status >> ST_N << ST_N) | (round + 1)
@@ -912,6 +926,7 @@ def _params() -> AdmmParams:
     w0: uint256 = self.params_w[0]
     w1: uint256 = self.params_w[1]
     w2: uint256 = self.params_w[2]
+    w3: uint256 = self.params_w[3]
     return AdmmParams(
         slots=(w2 >> 192) & M32,
         delta_wad=convert(w0 & M128, int256),
@@ -923,6 +938,8 @@ def _params() -> AdmmParams:
         tau_wad=convert(w2 & M128, int256),
         max_rounds=(w2 >> 128) & M32,
         deadline_blocks=(w2 >> 160) & M32,
+        alpha_wad=convert(w3 & M128, int256),
+        viol_tol_nkw=convert(w3 >> 128, int256),
     )
 
 

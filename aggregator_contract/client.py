@@ -153,6 +153,9 @@ class RoundRecord:
     rho_next: float
     converged: bool
     stragglers: int
+    import_excess_kw: float  # the schedule's largest excess over C (step 5)
+    export_excess_kw: float  # ... below -E
+    factor: float  # step 6's balancing factor
     xbar: np.ndarray
     zbar: np.ndarray
     u: np.ndarray
@@ -571,7 +574,9 @@ class Coordinator:
         settings = AdmmSettings(
             rho0=fp.from_wad(p["rho0_wad"]), eps_abs=fp.from_wad(p["eps_abs_wad"]),
             eps_rel=fp.from_wad(p["eps_rel_wad"]), max_rounds=int(p["max_rounds"]),
-            mu=fp.from_wad(p["mu_wad"]), tau=fp.from_wad(p["tau_wad"]))
+            mu=fp.from_wad(p["mu_wad"]), tau=fp.from_wad(p["tau_wad"]),
+            alpha=fp.from_wad(p["alpha_wad"]),
+            viol_tol_kw=p["viol_tol_nkw"] / fp.KW_SCALE)
         self._slots_of[session] = t
         self._sizes[session] = len(a["devices"])
         return SessionInfo(session, list(a["devices"]), feeder, settings,
@@ -590,7 +595,10 @@ class Coordinator:
                 s=fp.from_wad(a["s"]), eps_pri=fp.from_wad(a["eps_pri"]),
                 eps_dual=fp.from_wad(a["eps_dual"]), rho=fp.from_wad(a["rho"]),
                 rho_next=fp.from_wad(a["rho_next"]), converged=a["converged"],
-                stragglers=a["stragglers"], xbar=fp.unpack_kw(a["xbar"], t),
+                stragglers=a["stragglers"],
+                import_excess_kw=a["import_excess"] / fp.KW_SCALE,
+                export_excess_kw=a["export_excess"] / fp.KW_SCALE,
+                factor=fp.from_wad(a["factor"]), xbar=fp.unpack_kw(a["xbar"], t),
                 zbar=fp.unpack_kw(a["zbar"], t), u=fp.unpack_kw(a["u"], t),
                 block=lg["blockNumber"], tx_hash=lg["transactionHash"].hex(),
                 raw={k: (list(v) if isinstance(v, list | tuple) else v)
@@ -669,4 +677,5 @@ def session_params(feeder: Feeder, s: AdmmSettings, deadline_blocks: int) -> tup
     """The contract's AdmmParams tuple of a session."""
     return (feeder.slots, fp.wad(feeder.delta_h), fp.wad(feeder.gamma), fp.wad(s.rho0),
             fp.wad(s.eps_abs), fp.wad(s.eps_rel), fp.wad(s.mu), fp.wad(s.tau),
-            int(s.max_rounds), int(deadline_blocks))
+            int(s.max_rounds), int(deadline_blocks), fp.wad(s.alpha),
+            fp.to_fixed([s.viol_tol_kw])[0])

@@ -36,13 +36,16 @@ def step2_average(s: int, n: int) -> int:
     return div(s, n)
 
 
-def step3_zbar(a: int, price: int, cap_n: int, exp_n: int, rho: int, den: int,
-               delta: int) -> int:
-    return min(max(div(rho * a - delta * price, den), -exp_n), cap_n)
+def step3_zbar(u: int, xbar: int, zbar: int, price: int, cap_n: int, exp_n: int, rho: int,
+               den: int, delta: int, alpha: int) -> tuple[int, int]:
+    """(xhat, zbar+): over-relaxation, then the prox of g clipped to the box."""
+    xh = div(alpha * xbar + (WAD - alpha) * zbar, WAD)
+    z = div(rho * (u + xh) - delta * price, den)
+    return xh, min(max(z, -exp_n), cap_n)
 
 
-def step4_u(u: int, xbar: int, zbar: int) -> int:
-    return u + xbar - zbar
+def step4_u(u: int, xhat: int, zbar: int) -> int:
+    return u + xhat - zbar
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,15 @@ class Params:
     tau_wad: int
     max_rounds: int
     deadline_blocks: int
+    alpha_wad: int
+    viol_tol_nkw: int
 
     @classmethod
     def from_event(cls, p: dict) -> Params:
         return cls(**{k: int(p[k]) for k in cls.__dataclass_fields__})
+
+
+RATIO_MAX = 10**36
 
 
 def step5_residuals(c: dict, sq_x: int, sq_dx: int, n: int, slots: int, rho: int,
@@ -71,23 +79,30 @@ def step5_residuals(c: dict, sq_x: int, sq_dx: int, n: int, slots: int, rho: int
     s = div(rho * sqrt_wad(sq_dx - 2 * c["sdx_d"] + n * c["dd"]), WAD)
     sqrt_p = isqrt(n * slots * WAD * WAD)
     abs_part = div(sqrt_p * p.eps_abs_wad, WAD)
-    norm_x = sqrt_wad(sq_x)
-    norm_z = sqrt_wad(sq_x + 2 * c["s_zx"] + n * c["r2"])
-    eps_pri = abs_part + div(p.eps_rel_wad * max(norm_x, norm_z), WAD)
-    eps_dual = abs_part + div(div(p.eps_rel_wad * rho, WAD) * sqrt_wad(n * c["uu"]), WAD)
-    return {"r": r, "s": s, "eps_pri": eps_pri, "eps_dual": eps_dual}
+    x_scale = max(sqrt_wad(sq_x), sqrt_wad(sq_x + 2 * c["s_zx"] + n * c["r2"]))
+    y_scale = div(rho * sqrt_wad(n * c["uu"]), WAD)
+    eps_pri = abs_part + div(p.eps_rel_wad * x_scale, WAD)
+    eps_dual = abs_part + div(p.eps_rel_wad * y_scale, WAD)
+    converged = (r <= eps_pri and s <= eps_dual
+                 and max(c["imp"], c["exp"]) <= p.viol_tol_nkw)
+    ra = min(div(r * WAD, x_scale), RATIO_MAX) if x_scale > 0 else RATIO_MAX
+    rb = min(div(y_scale * WAD, s), RATIO_MAX) if s > 0 else RATIO_MAX
+    factor = sqrt_wad(div(max(ra, 1) * max(rb, 1), WAD))
+    return {"r": r, "s": s, "eps_pri": eps_pri, "eps_dual": eps_dual,
+            "import_excess": c["imp"], "export_excess": c["exp"], "factor": factor,
+            "converged": converged}
 
 
-def step6_balance(res: dict, rho: int, p: Params) -> tuple[int, int, int]:
-    if res["r"] * WAD > p.mu_wad * res["s"]:
-        nxt = div(rho * p.tau_wad, WAD)
-        if nxt <= RHO_MAX:
-            return nxt, WAD, p.tau_wad
-    elif res["s"] * WAD > p.mu_wad * res["r"]:
-        nxt = div(rho * WAD, p.tau_wad)
-        if nxt >= RHO_MIN:
-            return nxt, p.tau_wad, WAD
-    return rho, WAD, WAD
+def step6_rho(res: dict, rho: int, p: Params) -> tuple[int, int]:
+    """(rho_next, f): u is then divided by f (WAD: unchanged)."""
+    f = res["factor"]
+    if f <= p.mu_wad and f * p.mu_wad >= WAD * WAD:
+        return rho, WAD
+    f = min(max(f, div(WAD * WAD, p.tau_wad)), p.tau_wad)
+    nxt = div(rho * f, WAD)
+    if nxt < RHO_MIN or nxt > RHO_MAX:
+        return rho, WAD
+    return nxt, f
 
 
 @dataclass
@@ -114,9 +129,11 @@ class FixedAggregator:
     def __post_init__(self) -> None:
         t = self.params.slots
         self.rho = self.rho or self.params.rho0_wad
-        for name in ("S", "snap", "zbar", "u"):
+        for name in ("S", "snap", "zbar"):
             if not getattr(self, name):
                 setattr(self, name, [0] * t)
+        if not self.u:  # the price start: u = delta pi / rho0
+            self.u = [div(self.params.delta_wad * pi, self.params.rho0_wad) for pi in self.price]
         for d in self.devices:
             self.x.setdefault(d, [0] * t)
 
@@ -140,32 +157,34 @@ class FixedAggregator:
         and xbar, zbar, u as packed words like the event."""
         p, n, rho = self.params, self.n, self.rho
         den = rho + div(n * p.delta_wad * p.gamma_wad, WAD)
-        c = {"r2": 0, "dd": 0, "sdx_d": 0, "s_zx": 0, "uu": 0}
+        c = {"r2": 0, "dd": 0, "sdx_d": 0, "s_zx": 0, "uu": 0, "imp": 0, "exp": 0}
         xbar, zbar, u = [], [], []
         for t in range(p.slots):
-            s_t = self.S[t]
-            ds_t = s_t - self.snap[t]
-            xb = step2_average(s_t, n)
-            uo = self.u[t]
-            zb = step3_zbar(uo + xb, self.price[t], div(self.capacity[t], n),
-                            div(self.export_limit[t], n), rho, den, p.delta_wad)
-            un = step4_u(uo, xb, zb)
+            s_t, s_old = self.S[t], self.snap[t]
+            xb, xbo = step2_average(s_t, n), step2_average(s_old, n)
+            uo, zo = self.u[t], self.zbar[t]
+            xh, zb = step3_zbar(uo, xb, zo, self.price[t], div(self.capacity[t], n),
+                                div(self.export_limit[t], n), rho, den, p.delta_wad,
+                                p.alpha_wad)
+            un = step4_u(uo, xh, zb)
             gap = zb - xb
-            d = (xb - step2_average(self.snap[t], n)) - (zb - self.zbar[t])
+            wv = (xb - xbo) - (zb - zo) - div((WAD - p.alpha_wad) * (xb - zo), WAD)
             c["r2"] += gap * gap
-            c["dd"] += d * d
-            c["sdx_d"] += ds_t * d
+            c["dd"] += wv * wv
+            c["sdx_d"] += (s_t - s_old) * wv
             c["s_zx"] += s_t * gap
             c["uu"] += un * un
+            c["imp"] = max(c["imp"], s_t - self.capacity[t])
+            c["exp"] = max(c["exp"], -self.export_limit[t] - s_t)
             xbar.append(xb)
             zbar.append(zb)
             u.append(un)
         res = step5_residuals(c, self.sq_x, self.sq_dx, n, p.slots, rho, p)
-        converged = res["r"] <= res["eps_pri"] and res["s"] <= res["eps_dual"]
-        rho_next, num, dnm = (rho, WAD, WAD) if converged else step6_balance(res, rho, p)
+        converged = res["converged"]
+        rho_next, f = (rho, WAD) if converged else step6_rho(res, rho, p)
         diverged = False
         for t in range(p.slots):
-            v = u[t] if num == dnm else div(u[t] * num, dnm)
+            v = u[t] if f == WAD else div(u[t] * WAD, f)
             if abs(v) > MAX_LANE:
                 diverged, v = True, 0
             u[t] = v
@@ -184,4 +203,4 @@ class FixedAggregator:
 
 
 EMITTED = ("r", "s", "eps_pri", "eps_dual", "rho", "rho_next", "converged", "stragglers",
-           "xbar", "zbar", "u")
+           "import_excess", "export_excess", "factor", "xbar", "zbar", "u")

@@ -69,7 +69,7 @@ def verify_session(coord: Coordinator, session: int, from_block: int = 0,
                           fp.to_fixed(info.feeder.price, fp.PRICE_SCALE),
                           fp.to_fixed(info.feeder.capacity),
                           fp.to_fixed(info.feeder.export_limit), list(devices))
-    state = AggregatorState.initial(len(devices), t, info.settings.rho0)
+    state = AggregatorState.initial(len(devices), t, info.settings.rho0, info.feeder)
     verdict = Verdict(session, len(records), 0.0)
     for rec in records:
         if rec.round != agg.round:
