@@ -63,6 +63,7 @@ CAP_N_AT: constant(uint256) = PRICE_AT + 32 * MAX_WORDS + 32
 EXP_N_AT: constant(uint256) = CAP_N_AT + 32 * MAX_WORDS + 32
 CAP_AT: constant(uint256) = EXP_N_AT + 32 * MAX_WORDS + 32
 EXP_AT: constant(uint256) = CAP_AT + 32 * MAX_WORDS + 32
+HALF_WAD: constant(int256) = 5 * 10**17
 RATIO_MAX: constant(int256) = 10**36  # step 6's ratios, clamped (WAD: 1e18)
 WAD: constant(int256) = 10**18
 WAD_U: constant(uint256) = 10**18
@@ -238,8 +239,8 @@ dev: HashMap[address, uint256]  # see DEV_* above
 status: uint256  # see ST_* above
 # the latest session's AdmmParams in 4 words (a close reads 4 slots, not 12): delta | gamma
 # << 128; eps_abs | eps_rel << 64 | mu << 128; tau | max_rounds << 128 | deadline_blocks
-# << 160 | slots << 192; alpha | viol_tol << 128. rho0 is only needed at open (and by
-# the `params` view).
+# << 160 | slots << 192; alpha | viol_tol << 128. rho0 is only needed at open (readers
+# take every parameter from the SessionOpened event).
 params_w: uint256[4]
 rho0_wad: int256
 round_deadline: public(uint256)  # block number after which anyone may advance
@@ -325,7 +326,10 @@ def open_session(
     """
     @notice Open the next session (one at a time: the previous one must be finalized).
             Round 0 starts with xbar = zbar = u = 0, rho = rho0, every x_i = 0.
-    @param p Scalars: T, delta, gamma, rho0, tolerances, mu, tau, max rounds, deadline.
+    @param p Scalars, refused with "bad <name>" outside: T in [1, 384], delta in (0, 2^100)
+           (WAD h), gamma in [0, 1e12], rho0 in [1e-9, 1e9], eps_abs and eps_rel in [0, 1],
+           mu in [1, 1000], tau in [1, 100], max_rounds and deadline_blocks in [1, 2^32),
+           alpha in [1, 2), viol_tol in [0, 2^63) nkW (WAD = 1e18 for the dimensionless).
     @param price Packed pi (1e-9 $/kWh), ceil(T/4) words.
     @param capacity Packed C (1e-9 kW, >= 0), ceil(T/4) words.
     @param export_limit Packed E (1e-9 kW, >= 0), ceil(T/4) words.
@@ -338,20 +342,23 @@ def open_session(
     assert sid == 0 or (status >> ST_FINAL) & 1 == 1, "session in progress"
     assert p.slots > 0 and p.slots <= MAX_SLOTS, "bad slots"
     words: uint256 = (p.slots + LANES - 1) // LANES
-    assert len(price) == words, "wrong length: price"
-    assert len(capacity) == words, "wrong length: capacity"
-    assert len(export_limit) == words, "wrong length: export_limit"
-    assert p.delta_wad > 0 and p.delta_wad < 2**100, "delta must be in (0, 1e12 h)"
-    assert p.gamma_wad >= 0 and p.gamma_wad <= 10**30, "gamma must be in [0, 1e12]"
-    assert p.rho0_wad >= RHO_MIN and p.rho0_wad <= RHO_MAX, "rho0 must be in [1e-9, 1e9]"
-    assert p.eps_abs_wad >= 0 and p.eps_rel_wad >= 0, "tolerance must be >= 0"
-    assert p.eps_abs_wad <= WAD and p.eps_rel_wad <= WAD, "tolerance must be <= 1"
-    assert p.mu_wad >= WAD and p.mu_wad <= 10**21, "mu must be in [1, 1000]"
-    assert p.tau_wad >= WAD and p.tau_wad <= 10**20, "tau must be in [1, 100]"
-    assert p.max_rounds > 0 and p.max_rounds < 2**32, "max_rounds must be in [1, 2^32)"
-    assert p.deadline_blocks > 0 and p.deadline_blocks < 2**32, "bad deadline_blocks"
-    assert p.alpha_wad >= WAD and p.alpha_wad < 2 * WAD, "alpha must be in [1, 2)"
-    assert p.viol_tol_nkw >= 0 and p.viol_tol_nkw <= MAX_LANE, "viol_tol must be in int64"
+    assert len(price) == words and len(capacity) == words and len(export_limit) == words, (
+        "wrong length: price, capacity or export_limit"
+    )
+    assert p.delta_wad > 0 and p.delta_wad < 2**100, "bad delta"
+    assert p.gamma_wad >= 0 and p.gamma_wad <= 10**30, "bad gamma"
+    assert p.rho0_wad >= RHO_MIN and p.rho0_wad <= RHO_MAX, "bad rho0"
+    assert p.eps_abs_wad >= 0 and p.eps_rel_wad >= 0 and p.eps_abs_wad <= WAD and (
+        p.eps_rel_wad <= WAD
+    ), "bad tolerance"
+    assert p.mu_wad >= WAD and p.mu_wad <= 10**21 and p.tau_wad >= WAD and (
+        p.tau_wad <= 10**20
+    ), "bad mu or tau"
+    assert p.max_rounds > 0 and p.max_rounds < 2**32 and p.deadline_blocks > 0 and (
+        p.deadline_blocks < 2**32
+    ), "bad max_rounds or deadline_blocks"
+    assert p.alpha_wad >= WAD and p.alpha_wad < 2 * WAD, "bad alpha"
+    assert p.viol_tol_nkw >= 0 and p.viol_tol_nkw <= MAX_LANE, "bad viol_tol"
     assert len(participants) > 0, "no devices"
 
     sid += 1
@@ -377,7 +384,7 @@ def open_session(
             e: int256 = self._lane(export_limit[w], j)
             if w * LANES + j >= p.slots:
                 assert self._lane(price[w], j) == 0 and c == 0 and e == 0, "nonzero padding"
-            assert c >= 0 and e >= 0, "capacity and export limit must be >= 0"
+            assert c >= 0 and e >= 0, "bad capacity or export limit"
             cn |= self._enc(self._div(c, n)) << (j * 64)
             en |= self._enc(self._div(e, n)) << (j * 64)
             # the price start: u = delta pi / rho0, so round 0 is each device's price-only step
@@ -465,7 +472,7 @@ def submit(
     assert len(x) == words, "wrong length"
     prev_hash: uint256 = st & HASH_MASK
     if prev_hash == 0:
-        assert len(x_prev) == 0, "x_prev must be empty before the first submission"
+        assert len(x_prev) == 0, "x_prev not empty"
     else:
         assert len(x_prev) == words and self._hash(x_prev) == prev_hash, "x_prev mismatch"
 
@@ -545,7 +552,7 @@ def publish_schedule(session: uint256, device: address, x: DynArray[uint256, MAX
     """
     assert self._is_finalized(session), "session not finalized"
     st: uint256 = self.dev[device]
-    assert st >> DEV_SESSION == session, "device not in session (or in a later one)"
+    assert st >> DEV_SESSION == session, "device not in session"
     assert st & HASH_MASK != 0, "device never submitted"
     assert self._hash(x) == st & HASH_MASK, "not the device's last submission"
     extcall ScheduleRegistry(registry).store_schedule(session, device, x)
@@ -604,18 +611,6 @@ def current() -> Current:
 
 @view
 @external
-def params() -> AdmmParams:
-    """
-    @notice The latest session's parameters.
-    @return (T, delta, gamma, rho0, eps_abs, eps_rel, mu, tau, max rounds, deadline blocks).
-    """
-    p: AdmmParams = self._params()
-    p.rho0_wad = self.rho0_wad
-    return p
-
-
-@view
-@external
 def x_hash(device: address) -> Kept:
     """
     @notice What the contract keeps of a device's last submission.
@@ -659,16 +654,6 @@ def session_id() -> uint256:
     @return Its id.
     """
     return self.status >> ST_SESSION
-
-
-@view
-@external
-def session_size() -> uint256:
-    """
-    @notice N of the latest session.
-    @return Its number of participants.
-    """
-    return (self.status >> ST_N) & M32
 
 
 @view
@@ -779,10 +764,14 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
     rho: int256 = self.rho_wad
     den: int256 = rho + self._div(n * p.delta_wad * p.gamma_wad, WAD)
     beta: int256 = WAD - p.alpha_wad  # 1 - alpha (<= 0)
+    hn: int256 = n // 2  # halves, for divisions rounded half away from zero
+    hden: int256 = den // 2
     u: int256[MAX_SLOTS] = empty(int256[MAX_SLOTS])
     xw: DynArray[uint256, MAX_WORDS] = []
     zw: DynArray[uint256, MAX_WORDS] = []
     c: CloseSums = empty(CloseSums)
+    uw_out: DynArray[uint256, MAX_WORDS] = []
+    diverged: bool = False  # a u beyond int64 ends the session (never a revert)
     cb: Bytes[CONSTS_BYTES] = slice(self.consts.code, 0, CONSTS_BYTES)
     for w: uint256 in range(words, bound=MAX_WORDS):
         sw: uint256 = self.sum_w[w]
@@ -796,34 +785,90 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
         exw: uint256 = convert(extract32(cb, EXP_AT + 32 * w), uint256)
         xout: uint256 = 0
         zout: uint256 = 0
+        uout: uint256 = 0
         for j: uint256 in range(LANES):
             t: uint256 = unsafe_add(unsafe_mul(w, LANES), j)
             if t >= p.slots:
                 break
             sh: uint256 = unsafe_mul(j, 64)
-            # Steps 2-4, inlined: this loop runs T times per round, and an internal call per
-            # step cost ~110k gas a round at T=96 (measured). fixed_round.py's step2_average,
-            # step3_zbar and step4_u are the same lines in Python.
+            # Steps 2-4 inlined, with the lane decoding and the rounded divisions: this loop
+            # runs T times a round, and internal calls here cost ~300k gas a round at T=96
+            # (measured). fixed_round.py's step2_average, step3_zbar and step4_u are the
+            # same lines in Python; the divisions round half away from zero like `_div`.
             s_t: int256 = unsafe_sub(convert((sw >> sh) & LANE_MASK, int256), BIAS)
             s_old: int256 = unsafe_sub(convert((snw >> sh) & LANE_MASK, int256), BIAS)
             # step 2: xbar_t = S_t / N (and last round's, from SNAP), half away from zero
-            xb: int256 = self._div(s_t, n)
-            xbo: int256 = self._div(s_old, n)
-            uo: int256 = self._dec(uw, sh)
-            zo: int256 = self._dec(zbw, sh)
+            xb: int256 = 0
+            if s_t >= 0:
+                xb = unsafe_div(unsafe_add(s_t, hn), n)
+            else:
+                xb = -unsafe_div(unsafe_add(-s_t, hn), n)
+            xbo: int256 = 0
+            if s_old >= 0:
+                xbo = unsafe_div(unsafe_add(s_old, hn), n)
+            else:
+                xbo = -unsafe_div(unsafe_add(-s_old, hn), n)
+            # zigzag lanes: u, last round's zbar, pi, C/N, E/N
+            z: uint256 = (uw >> sh) & LANE_MASK
+            uo: int256 = convert(z >> 1, int256)
+            if z & 1 == 1:
+                uo = -uo - 1
+            z = (zbw >> sh) & LANE_MASK
+            zo: int256 = convert(z >> 1, int256)
+            if z & 1 == 1:
+                zo = -zo - 1
+            z = (pw >> sh) & LANE_MASK
+            pr: int256 = convert(z >> 1, int256)
+            if z & 1 == 1:
+                pr = -pr - 1
+            z = (cw >> sh) & LANE_MASK
+            cn: int256 = convert(z >> 1, int256)
+            if z & 1 == 1:
+                cn = -cn - 1
+            z = (ew >> sh) & LANE_MASK
+            en: int256 = convert(z >> 1, int256)
+            if z & 1 == 1:
+                en = -en - 1
             # step 3: xhat = alpha xbar+ + (1 - alpha) zbar; a = u + xhat;
             #         zbar+ = clip((rho a - delta pi) / den, -E/N, C/N)
-            xh: int256 = self._div(p.alpha_wad * xb + beta * zo, WAD)
-            zb: int256 = self._div(rho * (uo + xh) - p.delta_wad * self._dec(pw, sh), den)
-            zb = min(max(zb, -self._dec(ew, sh)), self._dec(cw, sh))
-            # step 4: u+ = u + xhat - zbar+
+            q: int256 = p.alpha_wad * xb + beta * zo
+            xh: int256 = 0
+            if q >= 0:
+                xh = unsafe_div(unsafe_add(q, HALF_WAD), WAD)
+            else:
+                xh = -unsafe_div(unsafe_add(-q, HALF_WAD), WAD)
+            q = rho * (uo + xh) - p.delta_wad * pr
+            zb: int256 = 0
+            if q >= 0:
+                zb = unsafe_div(unsafe_add(q, hden), den)
+            else:
+                zb = -unsafe_div(unsafe_add(-q, hden), den)
+            zb = min(max(zb, -en), cn)
+            # step 4: u+ = u + xhat - zbar+ (stored now; rewritten below if rho moves)
             un: int256 = uo + xh - zb
             u[t] = un
-            xout |= self._enc(xb) << sh
-            zout |= self._enc(zb) << sh
+            if un > MAX_LANE or un < -MAX_LANE:
+                diverged = True
+            elif un >= 0:
+                uout |= convert(un, uint256) << unsafe_add(sh, 1)
+            else:
+                uout |= unsafe_sub(convert(-un, uint256) << 1, 1) << sh
+            if xb >= 0:
+                xout |= convert(xb, uint256) << unsafe_add(sh, 1)
+            else:
+                xout |= unsafe_sub(convert(-xb, uint256) << 1, 1) << sh
+            if zb >= 0:
+                zout |= convert(zb, uint256) << unsafe_add(sh, 1)
+            else:
+                zout |= unsafe_sub(convert(-zb, uint256) << 1, 1) << sh
             # step 5's sums: gap = zbar+ - xbar+; w = dxbar - dzbar - (1 - alpha)(xbar+ - zbar)
             gap: int256 = zb - xb
-            wv: int256 = (xb - xbo) - (zb - zo) - self._div(beta * (xb - zo), WAD)
+            q = beta * (xb - zo)
+            wv: int256 = (xb - xbo) - (zb - zo)
+            if q >= 0:
+                wv -= unsafe_div(unsafe_add(q, HALF_WAD), WAD)
+            else:
+                wv += unsafe_div(unsafe_add(-q, HALF_WAD), WAD)
             # unchecked: lanes are int64, products < 2^135, at most 384 terms
             c.r2 = unsafe_add(c.r2, unsafe_mul(gap, gap))
             c.dd = unsafe_add(c.dd, unsafe_mul(wv, wv))
@@ -831,12 +876,16 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
             c.s_zx = unsafe_add(c.s_zx, unsafe_mul(s_t, gap))
             c.uu = unsafe_add(c.uu, unsafe_mul(un, un))
             # the schedule's own excess over the limits: S_t = sum_i x_i exactly
-            c.imp = max(c.imp, s_t - self._dec(caw, sh))
-            c.exp = max(c.exp, -self._dec(exw, sh) - s_t)
+            z = (caw >> sh) & LANE_MASK  # C_t, E_t >= 0: zigzag is 2v
+            c.imp = max(c.imp, s_t - convert(z >> 1, int256))
+            z = (exw >> sh) & LANE_MASK
+            c.exp = max(c.exp, -convert(z >> 1, int256) - s_t)
         self.snap_w[w] = sw
         self.zbar_w[w] = zout ^ STATE_FLIP
+        self.u_w[w] = uout ^ STATE_FLIP
         xw.append(xout)
         zw.append(zout)
+        uw_out.append(uout)
 
     a: uint256 = self.acc
     res: Residuals = self._step5_residuals(
@@ -849,24 +898,21 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
     if not res.converged:
         rho_next, f = self._step6_rho(res, rho, p)
 
-    # store u (rescaled by 1/f when rho moved); a u beyond int64 ends the session as diverged
-    diverged: bool = False
-    uw_out: DynArray[uint256, MAX_WORDS] = []
-    for w: uint256 in range(words, bound=MAX_WORDS):
-        out: uint256 = 0
-        for j: uint256 in range(LANES):
-            t: uint256 = unsafe_add(unsafe_mul(w, LANES), j)
-            if t >= p.slots:
-                break
-            v: int256 = u[t]
-            if f != WAD:
-                v = self._div(v * WAD, f)
-            if v > MAX_LANE or v < -MAX_LANE:
-                diverged = True
-                v = 0
-            out |= self._enc(v) << unsafe_mul(j, 64)
-        self.u_w[w] = out ^ STATE_FLIP
-        uw_out.append(out)
+    # rho moved: u rescaled by 1/f and rewritten (a dirty slot: 100 gas a word)
+    if f != WAD:
+        for w: uint256 in range(words, bound=MAX_WORDS):
+            out: uint256 = 0
+            for j: uint256 in range(LANES):
+                t: uint256 = unsafe_add(unsafe_mul(w, LANES), j)
+                if t >= p.slots:
+                    break
+                v: int256 = self._div(u[t] * WAD, f)
+                if v > MAX_LANE or v < -MAX_LANE:
+                    diverged = True
+                    v = 0
+                out |= self._enc(v) << unsafe_mul(j, 64)
+            self.u_w[w] = out ^ STATE_FLIP
+            uw_out[w] = out
     self.rho_wad = rho_next
 
     log RoundClosed(

@@ -181,7 +181,7 @@ REJECTIONS = {
     "already submitted": lambda s: s.submit(0, np.ones(8)),
     "wrong length": lambda s: _as(s, s.devices[1], "submit", s.session, 0,
                                   fp.pack_kw(np.zeros(4)), []),
-    "x_prev must be empty": lambda s: s.submit(1, np.zeros(8), x_prev=fp.pack_kw(np.ones(8))),
+    "x_prev not empty": lambda s: s.submit(1, np.zeros(8), x_prev=fp.pack_kw(np.ones(8))),
     "x out of bounds": lambda s: s.submit(1, np.r_[np.zeros(7), 10.001]),
     "x out of bounds ": lambda s: s.submit(1, np.r_[-5.000000001, np.zeros(7)]),
     "device not in session": lambda s: _as(s, s.devices[2], "submit", s.session, 0,
