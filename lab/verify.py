@@ -6,7 +6,10 @@ each round are folded into `fixed_round.FixedAggregator`, the contract's own int
 arithmetic step for step, and every figure the round emitted (r, s, eps_pri, eps_dual, rho,
 rho_next, converged, stragglers, xbar, zbar, u) must be equal bit for bit. The same
 submissions also go through the float reference (reference.py); its largest distance to the
-chain's xbar, zbar and u is reported (`max_dev_kw`) and must stay within `tol_kw`. Finally
+chain's xbar, zbar and u is reported (`max_dev_kw`) and must stay within `tol_kw` (1e-4 kW:
+the bit-exact replay is the check; this distance only shows that the integer arithmetic
+tracks the float math. Measured: 6e-6 kW over homes10-congested's 78 rounds, where u
+reaches ~20 kW and rho moves by continuous factors). Finally
 the schedule must be each device's last submission, and every copy a device published to
 the ScheduleRegistry must equal it.
 """
@@ -56,7 +59,7 @@ def compare_round(verdict: Verdict, emitted: dict, replayed: dict) -> None:
 
 
 def verify_session(coord: Coordinator, session: int, from_block: int = 0,
-                   tol_kw: float = 1e-5) -> Verdict:
+                   tol_kw: float = 1e-4) -> Verdict:
     info = coord.session_info(session, from_block=from_block)
     devices = info.devices
     index = {d: i for i, d in enumerate(devices)}
