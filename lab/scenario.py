@@ -433,11 +433,13 @@ def _admm(c: _Ctx, raw: Any) -> AdmmSpec:
     solver = c.get(m, "solver", p, "", d.solver)
     solver = c.choice(solver.upper() if isinstance(solver, str) else solver,
                       f"{p}.solver", SOLVERS)
-    return AdmmSpec(num("rho0", gt=0), num("eps_abs", gt=0), num("eps_rel", ge=0),
+    # the ranges the Coordinator accepts (open_session), so a session never fails to open
+    return AdmmSpec(num("rho0", ge=1e-9, le=1e9), num("eps_abs", gt=0, le=1),
+                    num("eps_rel", ge=0, le=1),
                     c.integer(c.get(m, "max_rounds", p, "", d.max_rounds), f"{p}.max_rounds",
-                              ge=1),
-                    num("mu", gt=1), num("tau", gt=1), num("alpha", gt=0, le=1.99),
-                    num("viol_tol_kw", gt=0), solver)
+                              ge=1, le=2**32 - 1),
+                    num("mu", gt=1, le=1000), num("tau", gt=1, le=100),
+                    num("alpha", ge=1, le=1.99), num("viol_tol_kw", gt=0, le=1e9), solver)
 
 
 def _chain(c: _Ctx, raw: Any) -> ChainSpec:

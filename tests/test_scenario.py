@@ -215,3 +215,12 @@ def test_generated_congested_is_seeded_and_tighter():
     assert base.name == "homes3-seed5" and base.devices == a.devices
     assert a.feeder.capacity_kw[0] < base.feeder.capacity_kw[0]
     assert a.feeder.export_limit_kw[0] < base.feeder.export_limit_kw[0]
+
+
+@pytest.mark.parametrize("field,value", [("alpha", 0.8), ("tau", 500.0), ("rho0", 1e-12)])
+def test_admm_settings_outside_what_the_contract_accepts_refused(tmp_path, field, value):
+    """A session the Coordinator would refuse to open is refused at load, naming the field."""
+    doc = _homes3()
+    doc.setdefault("admm", {})[field] = value
+    with pytest.raises(ScenarioError, match=rf"broken\.yaml: admm\.{field}: expected a number"):
+        load(_write(tmp_path, doc))
