@@ -218,10 +218,11 @@ def close_gas_bound(slots: int) -> int:
     return 300_000 + fp.words_for(slots) * 120_000
 
 
-def open_session_gas(devices: int, slots: int) -> int:
-    """An upper bound of open_session's gas (first session of a fresh contract: every
-    storage word written from zero), for the scale check against the block gas limit."""
-    return 600_000 + fp.words_for(slots) * 7 * 22_200 + devices * 32_000
+def publish_gas(words: int) -> int:
+    """Gas limit of publish_schedule / publish_plan of `words` packed words: each stored
+    from zero (22,100) plus the Coordinator's hash check and its call into the registry.
+    A fixed limit, so that a device sends without a dry run."""
+    return 200_000 + words * 25_000
 
 
 def words_hash(words: Sequence[int]) -> int:
@@ -452,7 +453,8 @@ class Coordinator:
                               f"advance(session={session})",
                               gas=close_gas_bound(self._slots(session)))
 
-    def publish_schedule(self, session: int, device: str | None = None) -> Any:
+    def publish_schedule(self, session: int, device: str | None = None,
+                         wait: bool = True) -> Any:
         """After finalization: copy `device`'s (default: this account's) final x_i into the
         registry. Anyone may; the contract checks it against the device's last hash."""
         device = to_checksum_address(device or self._me())
@@ -460,12 +462,14 @@ class Coordinator:
         if not words:
             raise Refused(f"publish_schedule({device})", "device never submitted")
         return self._transact(self.contract.functions.publish_schedule(session, device, words),
-                              f"publish_schedule(session={session}, {device})")
+                              f"publish_schedule(session={session}, {device})",
+                              gas=publish_gas(len(words)), wait=wait)
 
-    def publish_plan(self, session: int, words: Sequence[int]) -> Any:
+    def publish_plan(self, session: int, words: Sequence[int], wait: bool = True) -> Any:
         """After finalization: this device's on/off plans (mqtt_bridge.plan words)."""
         return self._transact(self.contract.functions.publish_plan(session, list(words)),
-                              f"publish_plan(session={session}, {len(words)} words)")
+                              f"publish_plan(session={session}, {len(words)} words)",
+                              gas=publish_gas(len(words)), wait=wait)
 
     # ---- reads -------------------------------------------------------------------------
 

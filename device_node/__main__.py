@@ -66,9 +66,10 @@ def run(run_dir: Path, node: str, device_ids: list[str], poll_s: float = 0.25) -
                         log.info("%s: round %d submitted (solve %.1f ms)", agent.spec.id,
                                  res.round, 1e3 * res.solve_s)
             elif coord.is_finalized(session):
-                for agent in agents:
-                    if agent.publish_final(session):
-                        log.info("%s: schedule and plans published", agent.spec.id)
+                sent = [(a, tx) for a in agents for tx in a.publish_final(session)]
+                for agent, tx in sent:
+                    tx.receipt()
+                    log.info("%s: %s", agent.spec.id, tx.what)
                 log.info("session %d final", session)
                 return 0
             wake.wait(poll_s)

@@ -87,29 +87,27 @@ class DeviceAgent:
             return self._sent[2]
         return self.coordinator.last_x(cur.session, self.address)
 
-    def publish_final(self, session: int) -> bool:
-        """Once `session` is final: this device's final x_i into the schedule registry,
-        and the on/off plan of every switched load with an actuator. Returns True when
-        something was published."""
+    def publish_final(self, session: int) -> list[PendingTx]:
+        """Once `session` is final: send (not wait for) this device's final x_i to the
+        schedule registry and the on/off plans of its switched loads with an actuator,
+        unless already there. Returns the sent transactions; the caller waits for them
+        (a process's devices all send first, so a group of 100 waits about one block)."""
         if session in self._planned:
-            return False
-        published = False
-        if self.coordinator.registry_schedule(session, self.address) is None:
-            self.coordinator.publish_schedule(session)
-            published = True
-        if not self.spec.actuators() or self.coordinator.plan_words(session, self.address):
-            self._planned.add(session)
-            return published
-        x_final = self.coordinator.registry_schedule(session, self.address)
-        parts = self.component_split(x_final)
-        words: list[int] = []
-        for comp in self.spec.components:
-            if comp.actuator is None:
-                continue
-            words += plan_to_words(self.switch_plan(comp, parts[comp.id]))
-        self.coordinator.publish_plan(session, words)
+            return []
+        sent: list[PendingTx] = []
+        c = self.coordinator
+        if c.registry_schedule(session, self.address) is None:
+            sent.append(c.publish_schedule(session, wait=False))
+        if self.spec.actuators() and not c.plan_words(session, self.address):
+            parts = self.component_split(c.last_x(session, self.address))
+            words: list[int] = []
+            for comp in self.spec.components:
+                if comp.actuator is None:
+                    continue
+                words += plan_to_words(self.switch_plan(comp, parts[comp.id]))
+            sent.append(c.publish_plan(session, words, wait=False))
         self._planned.add(session)
-        return True
+        return sent
 
     def component_split(self, x_final: np.ndarray) -> dict[str, np.ndarray]:
         """Each component's power in the cheapest realisation of the final x_i. The last local
