@@ -550,3 +550,14 @@ def boa_deploy_(operator):
     from contract_fixtures import boa_deploy
 
     return boa_deploy(operator)
+
+
+def test_shipped_artifacts_equal_a_fresh_compile():
+    """The artifacts processes load are what the pinned vyper makes of the sources now, for
+    EVM paris, and within EIP-170's code size."""
+    from aggregator_contract.compile import CONTRACTS, compile_source, load
+
+    for name in CONTRACTS:
+        shipped, fresh = load(name), compile_source(name)
+        assert shipped == fresh, f"{name}: run `make contracts`"
+        assert shipped.evm_version == "paris" and shipped.runtime_size <= 24_576
