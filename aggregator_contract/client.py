@@ -656,12 +656,12 @@ class Coordinator:
 
     def _previous_words(self, session: int) -> list[int]:
         """What the contract holds as this account's last submission: the last one sent
-        when the contract has it, else the chain's (after a restart or a refusal)."""
+        (a refused one is forgotten: `forget_sent`), else the chain's (after a restart).
+        Should the memory be wrong, the contract refuses with StalePrevious and the device
+        process restarts from the chain."""
         sent = self._sent.get(session)
         if sent is not None:
-            kept = self.contract.functions.x_hash(self._me()).call()
-            if int(kept.session) == session and int(kept.hash) == words_hash(sent[1]):
-                return sent[1]
+            return sent[1]
         return self.last_words(session, self._me())
 
     def _slots(self, session: int) -> int:
