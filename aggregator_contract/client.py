@@ -273,6 +273,23 @@ def _chain_id(w3: Web3) -> int:
     return int(w3.eth.chain_id)
 
 
+_FEE_TTL_S = 1.0
+_fees: dict[int, tuple[float, int]] = {}  # id(w3.provider) -> (when read, base fee)
+
+
+def _base_fee(w3: Web3) -> int:
+    """The latest block's base fee, read at most once a second per connection: a device
+    process sending 500 submissions a round asks once, not 500 times. The fee cap is twice
+    the base fee (tx_fees), and the base fee moves by at most 1/8 a block."""
+    now = time.monotonic()
+    key = id(w3.provider)
+    seen = _fees.get(key)
+    if seen is None or now - seen[0] > _FEE_TTL_S:
+        seen = (now, int(w3.eth.get_block("latest")["baseFeePerGas"]))
+        _fees[key] = seen
+    return seen[1]
+
+
 def _reason(err: Exception) -> str:
     msg = getattr(err, "message", None) or str(err)
     return msg.removeprefix("execution reverted: ").removeprefix("execution reverted")
@@ -324,8 +341,7 @@ def send_tx(w3: Web3, account: LocalAccount, tx: dict, what: str, gas: int | Non
             gas = int(w3.eth.estimate_gas(tx) * 1.2) + 10_000
         except ContractLogicError as e:
             raise refusal(what, _reason(e)) from None
-    base_fee = w3.eth.get_block("latest")["baseFeePerGas"]
-    tx |= tx_fees(base_fee)
+    tx |= tx_fees(_base_fee(w3))
     tx["gas"] = gas
     tx["chainId"] = _chain_id(w3)
     for attempt in range(2):

@@ -906,13 +906,14 @@ def generate_homes(n: int, seed: int | None = None, *, check_feasible: bool = Tr
                    # losses scale with the feeder: gamma * s stays ~20-40 % of the price
                    "gamma": round(0.1 / n, 6)},
         "admm": {"solver": "CLARABEL"},  # the lab's ADMM defaults (AdmmSettings)
-        # Beyond 20 homes: devices grouped on 10 member nodes, one process each (so homes1000
-        # is 11 geth nodes and 10 device processes of 100 devices), and a 1 s block period,
-        # so that a round's N submissions share one or two blocks (with period 0 each may
-        # seal a block of its own, and every node imports every block).
+        # Beyond 20 homes: devices grouped on a few member nodes, one process each, and a
+        # 1 s block period, so that a round's N submissions share a few blocks (with period 0
+        # each may seal a block of its own). Every node executes every block (~270k gas a
+        # submission): few nodes, so homes1000 is 3 geth nodes and 2 processes of 500.
         "chain": {"signers": 1, "period": 1 if n > 20 else 0,
                   "nodes": "per_group" if n > 20 else "per_device",
-                  "group_size": max(10, -(-n // 10)), "round_deadline_blocks": 20},
+                  "group_size": max(10, -(-n // (4 if n <= 400 else 2))),
+                  "round_deadline_blocks": 20},
         "playback": {"seconds_per_slot": 0.25, "realtime": False},
         "devices": devices,
     }

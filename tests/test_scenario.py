@@ -62,7 +62,7 @@ def test_profiles_realistic_and_resampled():
 def test_generated_homes100_seeded_varied_with_actuators_and_groups():
     a, b = generate_homes(100), load("homes100")
     assert a.to_yaml() == b.to_yaml()  # seeded: same scenario every time
-    assert a.chain.nodes == "per_group" and a.chain.group_size == 10 and len(a.devices) == 100
+    assert a.chain.nodes == "per_group" and a.chain.group_size == 25 and len(a.devices) == 100
     assert sum(1 for d in a.devices if d.actuators()) >= 5
     assert {c.type for d in a.devices for c in d.components} == set(COMPONENT_TYPES)
     assert generate_homes(100, seed=7).to_yaml() != a.to_yaml()
