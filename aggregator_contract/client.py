@@ -686,8 +686,9 @@ class Coordinator:
 
     def _transact(self, fn: Any, what: str, gas: int | None = None, wait: bool = True) -> Any:
         self._me()
-        data = self.w3.eth.contract(abi=fn.contract_abi).encode_abi(
-            fn.abi_element_identifier, args=fn.args, kwargs=fn.kwargs)
+        contract = self.contract if fn.address == self.address else self.w3.eth.contract(
+            abi=fn.contract_abi)
+        data = contract.encode_abi(fn.abi_element_identifier, args=fn.args, kwargs=fn.kwargs)
         return send_tx(self.w3, self.account, {"to": fn.address, "data": data}, what,
                        gas=gas, wait=wait)
 
