@@ -12,23 +12,28 @@
        power   x_i, xbar, zbar, u, device bounds, C, E      1e-9 kW   ("nkW", int64 range)
        price   pi                                           1e-9 $/kWh
        delta   slot length                                  1e-18 h   (WAD)
-       gamma, rho, eps_abs, eps_rel, mu, tau                1e-18     (WAD)
+       gamma, rho, eps_abs, eps_rel, mu, tau, alpha         1e-18     (WAD)
        r, s, eps_pri, eps_dual (events)                     1e-18 kW  (WAD)
+       step 6's factor f (events)                           1e-18     (WAD)
+       viol_tol, import/export excess (events)              1e-9 kW
      Vectors of T values travel packed 4 per uint256 word: lane j (bits 64j..64j+63) of
      word w is slot 4w+j, zigzag-encoded (v >= 0 -> 2v, v < 0 -> -2v-1) so that small
      negative values are small words (cheap calldata); lanes past T must be 0.
-     Rounding: every division (xbar = S/N, zbar = num/den, C/N, E/N, rho*tau, rho/tau,
-     u/tau, u*tau, the WAD products in the tolerances) rounds half away from zero; square
-     roots (isqrt) round down. Sums of squares are exact integers (1e-18 kW^2).
+     Rounding: every division (xbar = S/N, xhat, zbar = num/den, C/N, E/N, the price start
+     delta*pi/rho0, rho*f, u/f, the WAD products in the tolerances and in f) rounds half
+     away from zero; square roots (isqrt) round down. Sums of squares are exact integers
+     (1e-18 kW^2). aggregator_contract/fixed_round.py is the same arithmetic in Python.
 
      What each submission folds in (so the close needs no loop over devices):
        S     = sum_i x_i           (vector, kept and offset by x_new - x_prev)
        SQX   = sum_i |x_i|^2       (scalar, kept and offset)
        SQDX  = sum_i |dx_i|^2      (scalar, this round; a straggler's dx_i is 0)
      and the close keeps SNAP = S at the previous close, so sum_i dx_i = S - SNAP. Then
-       sum_i |dx_i - d|^2 = SQDX - 2 <S - SNAP, d> + N |d|^2,        d = dxbar - dzbar
+       sum_i |dx_i - w|^2 = SQDX - 2 <S - SNAP, w> + N |w|^2,
+                            w = dxbar - dzbar - (1 - alpha)(xbar+ - zbar)
        sum_i |z_i|^2      = SQX + 2 <S, zbar - xbar> + N |zbar - xbar|^2,  z_i = x_i - xbar + zbar
-     exactly, over the integers.
+     exactly, over the integers; and S_t itself is the schedule's total, so the limits'
+     excess max_t (S_t - C_t, -E_t - S_t) of the stopping rule is exact too.
      The contract stores no device's x_i: it keeps a 160-bit keccak of the last submission,
      and the device sends its previous x_i with its new one (calldata is ~30x cheaper than
      a storage word). The x_i themselves are in the Submitted events.
@@ -56,7 +61,7 @@ LANE_MASK: constant(uint256) = 2**64 - 1
 MAX_LANE: constant(int256) = 2**63 - 1
 BIAS: constant(int256) = 2**63  # S and SNAP lanes hold value + BIAS
 ZERO_BIASED: constant(uint256) = (1 << 63) | (1 << 127) | (1 << 191) | (1 << 255)
-# the constants' code: 3 offsets, then each array's length word and MAX_WORDS words
+# the constants' code: 5 offsets, then each array's length word and MAX_WORDS words
 CONSTS_BYTES: constant(uint256) = 160 + 5 * 32 * (1 + MAX_WORDS)
 PRICE_AT: constant(uint256) = 160 + 32
 CAP_N_AT: constant(uint256) = PRICE_AT + 32 * MAX_WORDS + 32
