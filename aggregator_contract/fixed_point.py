@@ -6,15 +6,18 @@ One scale per quantity (the contract header in Coordinator.vy carries the same t
     power: x_i, xbar, zbar, u, device bounds, C, E  1e-9 kW  ("nkW")       int64 per lane
     price pi                                        1e-9 $/kWh             int64 per lane
     slot length delta                               1e-18 h  (WAD)         int256
-    gamma, rho, eps_abs, eps_rel, mu, tau           1e-18    (WAD)         int256
+    gamma, rho, eps_abs, eps_rel, mu, tau, alpha    1e-18    (WAD)         int256
     r, s, eps_pri, eps_dual (RoundClosed events)    1e-18 kW (WAD)         int256
+    step 6's factor f (RoundClosed events)          1e-18    (WAD)         int256
+    viol_tol, import/export excess (events)         1e-9 kW                int64
 
 Rounding:
 - float -> fixed (this module, the client side): round to nearest (numpy.rint: ties to
   even). A value outside int64 raises ValueError.
 - fixed -> float: exact division by the scale (the float nearest the rational value).
-- in the contract: every integer division rounds half away from zero (xbar = sum/N,
-  zbar, C/N, E/N, rescaling of rho and u by tau, WAD products); isqrt rounds down.
+- in the contract: every integer division rounds half away from zero (xbar = S/N, xhat,
+  zbar, C/N, E/N, the price start, rescaling of rho and u by f, WAD products); isqrt
+  rounds down (fixed_round.py mirrors it).
 
 Packing: vectors of T values travel and are stored as ceil(T/4) uint256 words. Lane j
 (bits 64j..64j+63) of word w holds slot 4w+j, zigzag-encoded (v >= 0 -> 2v,
