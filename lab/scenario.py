@@ -773,7 +773,7 @@ def load(name_or_path: str | Path, *, check_feasible: bool = True) -> Scenario:
                 seed = None if seed is None else int(seed)
                 if mt.group(2):
                     return generate_congested(n, seed)
-                return generate_homes(n, seed)
+                return generate_homes(n, seed, check_feasible=check_feasible)
             known = sorted(q.stem for q in CONFIGS.glob("*.yaml"))
             raise ScenarioError(str(path), "", "an existing scenario file; known: "
                                 + ", ".join(known) + ", or homesN[-congested][-seedS] "
@@ -819,6 +819,10 @@ def generate_congested(n: int, seed: int | None = None) -> Scenario:
                         f"a congested feeder box the homes can meet ({last})")
 
 
+AC_FLOOR_C = 21.0  # generated air conditioners' comfort floor ...
+AC_NIGHT_FLOOR_C = 18.0  # ... lowered to the summer night's minimum where 21 is infeasible
+
+
 def generate_homes(n: int, seed: int | None = None, *, check_feasible: bool = True) -> Scenario:
     """A seeded, varied scenario of n homes (summer day, 96 x 15 min). Every home has a base
     load; PV, battery, EV, heat pump (cooling), water heater, dishwasher/washer, evening
@@ -859,9 +863,7 @@ def generate_homes(n: int, seed: int | None = None, *, check_feasible: bool = Tr
             comps.append({"id": "ac", "type": "thermal", "kind": "heat_pump", "mode": "cool",
                           "max_kw": r(1.5, 3.0), "cop": r(2.8, 3.6), "r_c_per_kw": r(2.0, 4.0),
                           "c_kwh_per_c": r(3.0, 8.0), "t_init_c": 23.0,
-                          # a cooling-only unit cannot heat: the band's floor sits at the
-                          # night's outdoor minimum (18 degC), so leaky homes stay feasible
-                          "t_min_c": 18.0,
+                          "t_min_c": AC_FLOOR_C,
                           "t_max_c": r(24.5, 26.0), "t_out_c": {"profile": "summer"},
                           "comfort_per_c2h": 0.01})
         if rng.random() < 0.3:
@@ -917,4 +919,17 @@ def generate_homes(n: int, seed: int | None = None, *, check_feasible: bool = Tr
         "playback": {"seconds_per_slot": 0.25, "realtime": False},
         "devices": devices,
     }
-    return parse(doc, f"<generated {name} seed {seed}>", check_feasible=check_feasible)
+    source = f"<generated {name} seed {seed}>"
+    for _ in range(len(devices) + 1):
+        try:
+            return parse(doc, source, check_feasible=check_feasible)
+        except ScenarioError as e:
+            # A cooling-only unit cannot heat: in a leaky home the night (18 degC outside)
+            # can take the room below the band's floor. Lower that home's floor to the
+            # night's minimum; the other homes, and the draws, stay as they are.
+            m = re.fullmatch(r"devices\[(\d+)\]\.components\[(\d+)\]", e.path)
+            comp = doc["devices"][int(m.group(1))]["components"][int(m.group(2))] if m else {}
+            if comp.get("id") != "ac" or comp["t_min_c"] != AC_FLOOR_C:
+                raise
+            comp["t_min_c"] = AC_NIGHT_FLOOR_C
+    raise AssertionError("unreachable")
