@@ -1020,15 +1020,6 @@ def _lane(word: uint256, j: uint256) -> int256:
 
 @internal
 @pure
-def _zz(z: uint256) -> int256:
-    """A 64-bit zigzag lane, decoded."""
-    if z & 1 == 1:
-        return unsafe_sub(unsafe_sub(0, convert(z >> 1, int256)), 1)
-    return convert(z >> 1, int256)
-
-
-@internal
-@pure
 def _dec(word: uint256, sh: uint256) -> int256:
     """The zigzag lane at bit `sh` of a packed word."""
     z: uint256 = (word >> sh) & LANE_MASK

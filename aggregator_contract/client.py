@@ -140,8 +140,8 @@ class CurrentVars:
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """One RoundClosed event. xbar, zbar in kW; u after residual balancing. The `*_wad`
-    fields are the contract's integers (1e-18), for bit-exact verification."""
+    """One RoundClosed event. xbar, zbar in kW; u after residual balancing. `raw` holds the
+    event's integers and packed words as emitted, for bit-exact verification."""
 
     session: int
     round: int
@@ -372,7 +372,7 @@ class Coordinator:
         self.open_receipt: Any = None  # set by open_session()
         self.deploy_gas: dict[str, int] = {}
         self._slots_of: dict[int, int] = {}
-        self._sent: dict[int, tuple[int, list[int]]] = {}  # session -> (round, words) last sent
+        self._sent: dict[int, list[int]] = {}  # session -> this account's last sent words
 
     @property
     def registry(self) -> Any:
@@ -442,11 +442,11 @@ class Coordinator:
         PendingTx whose receipt() waits)."""
         x = np.asarray(x, dtype=float)
         words = fp.pack_kw(x)
-        prev = self._previous_words(session)
+        prev = self.held_words(session)
         fn = self.contract.functions.submit(session, round, words, prev)
         out = self._transact(fn, f"submit(session={session}, round={round})",
                              gas=close_gas_bound(x.shape[0]), wait=wait)
-        self._sent[session] = (round, words)
+        self._sent[session] = words
         return out
 
     def forget_sent(self, session: int) -> None:
@@ -474,7 +474,8 @@ class Coordinator:
         """After finalization: copy `device`'s (default: this account's) final x_i into the
         registry. Anyone may; the contract checks it against the device's last hash."""
         device = to_checksum_address(device or self._me())
-        words = self.last_words(session, device)
+        own = self.account is not None and device == self.account.address
+        words = self.held_words(session) if own else self.last_words(session, device)
         if not words:
             raise Refused(f"publish_schedule({device})", "device never submitted")
         return self._transact(self.contract.functions.publish_schedule(session, device, words),
@@ -506,6 +507,23 @@ class Coordinator:
                 return words
         raise Refused(f"last_words({device})", f"no Submitted event matches its hash "
                       f"(session {session}, round {rnd - 1})")
+
+    def held_words(self, session: int) -> list[int]:
+        """What the contract holds as this account's last submission, packed ([] before
+        its first): the last one sent (a refused one is forgotten: `forget_sent`), else
+        the chain's (after a restart). Should the memory be wrong, the contract refuses
+        with StalePrevious and the device process restarts from the chain."""
+        sent = self._sent.get(session)
+        if sent is not None:
+            return sent
+        return self.last_words(session, self._me())
+
+    def held_x(self, session: int) -> np.ndarray:
+        """held_words in kW (zeros before the first submission): the x_i this account's
+        device pulls its next local step towards."""
+        words = self.held_words(session)
+        t = self._slots(session)
+        return fp.unpack_kw(words, t) if words else np.zeros(t)
 
     def last_x(self, session: int, device: str) -> np.ndarray:
         """The x_i the contract counts for `device` (its last submission; zeros before)."""
@@ -669,15 +687,6 @@ class Coordinator:
             raise Refused("sign", "this Coordinator client has no account to sign with")
         return self.account.address
 
-    def _previous_words(self, session: int) -> list[int]:
-        """What the contract holds as this account's last submission: the last one sent
-        (a refused one is forgotten: `forget_sent`), else the chain's (after a restart).
-        Should the memory be wrong, the contract refuses with StalePrevious and the device
-        process restarts from the chain."""
-        sent = self._sent.get(session)
-        if sent is not None:
-            return sent[1]
-        return self.last_words(session, self._me())
 
     def _slots(self, session: int) -> int:
         if session not in self._slots_of:

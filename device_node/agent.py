@@ -5,11 +5,12 @@ Each round the agent reads the shared variables from the contract, solves its lo
 
     x_i+ = argmin_{x in X_i} f_i(x) + (rho/2)||x - v_i||^2,   v_i = x_i - xbar + zbar - u
 
-and submits x_i+ signed with its own key. x_i is read back from the chain (the contract's
-copy of the device's last submission, which after a missed round is what the contract used),
-so a restarted agent resumes from chain state alone. After finalization the agent derives
-the on/off plan of each switched load from the component split of its final x_i and
-publishes the plans on chain for the MQTT bridge.
+and submits x_i+ signed with its own key. x_i is the device's last accepted submission, which
+the client keeps (`Coordinator.held_x`); after a restart or a refusal it is read back from
+the device's last Submitted event, so a restarted agent resumes from chain state alone.
+After finalization the agent copies its final x_i to the schedule registry, derives the
+on/off plan of each switched load from the component split of it and publishes the plans
+on chain for the MQTT bridge.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ class DeviceAgent:
         self.coordinator = coordinator
         self.problem = LocalProblem(spec, solver=solver)
         self._done: tuple[int, int] | None = None  # (session, round) last submitted
-        self._sent: tuple[int, int, np.ndarray] | None = None  # ... and its x, as on chain
         self._planned: set[int] = set()  # sessions whose plans are on chain
 
     @property
@@ -60,10 +60,11 @@ class DeviceAgent:
         if self._done is None and self.coordinator.has_submitted(*key, self.address):
             self._done = key  # submitted before a restart
             return None
-        v = self._x_prev(cur) - cur.xbar + cur.zbar - cur.u
+        # x_i as the contract holds it: our last accepted submission (kept by the client;
+        # read back from the chain after a restart or a refusal)
+        v = self.coordinator.held_x(cur.session) - cur.xbar + cur.zbar - cur.u
         x = self.problem.solve(v, cur.rho)
         pending = self.coordinator.submit(cur.session, cur.round, x, wait=False)
-        self._sent = (cur.session, cur.round, self.coordinator.rounded(x))
         self._done = key
         return StepResult(cur.session, cur.round, self.problem.solve_times[-1], pending)
 
@@ -74,18 +75,9 @@ class DeviceAgent:
             res.pending.receipt()
             return True
         except WrongRound as e:
-            self._sent = None  # not taken: read x_i back from the chain next round
-            self.coordinator.forget_sent(res.session)
+            self.coordinator.forget_sent(res.session)  # not taken: the chain's x_i counts
             log.warning("%s: submission for round %d refused: %s", self.spec.id, res.round, e)
             return False
-
-    def _x_prev(self, cur: CurrentVars) -> np.ndarray:
-        """x_i as the contract holds it. Our own last submission when it was for the round
-        just closed (the usual case, no read); else the chain's copy (after a restart, or
-        when a deadline advance reused an older x_i)."""
-        if self._sent is not None and self._sent[:2] == (cur.session, cur.round - 1):
-            return self._sent[2]
-        return self.coordinator.last_x(cur.session, self.address)
 
     def publish_final(self, session: int) -> list[PendingTx]:
         """Once `session` is final: send (not wait for) this device's final x_i to the
@@ -99,7 +91,7 @@ class DeviceAgent:
         if c.registry_schedule(session, self.address) is None:
             sent.append(c.publish_schedule(session, wait=False))
         if self.spec.actuators() and not c.plan_words(session, self.address):
-            parts = self.component_split(c.last_x(session, self.address))
+            parts = self.component_split(c.held_x(session))
             words: list[int] = []
             for comp in self.spec.components:
                 if comp.actuator is None:
