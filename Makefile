@@ -11,7 +11,7 @@ GETH := tools/bin/geth
 GETH_VERSION := v1.13.15
 LAB := $(BIN)/lab
 
-.PHONY: setup up run down watch solve test test-slow test-compose images-offline bench-admm bench-gas bench-scale contracts lint clean
+.PHONY: setup up run down watch solve test test-slow test-compose images-offline bench-admm bench-gas bench-scale contracts docs lint clean
 
 setup: $(STAMP) $(GETH)
 
@@ -74,6 +74,10 @@ bench-scale: setup
 # Recompile the shipped contract artifacts (aggregator_contract/artifacts/) after editing a .vy.
 contracts: setup
 	$(BIN)/python -m aggregator_contract.compile
+
+# docs/models.md and configs/scenario.schema.json, generated from scenario/components
+docs: setup
+	$(BIN)/python -m scenario.docs
 
 lint: setup
 	$(BIN)/ruff check .

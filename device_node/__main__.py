@@ -24,7 +24,7 @@ from chain.keys import device_path, load_account
 from chain.network import load_nodes
 from device_node.agent import DeviceAgent
 from device_node.wakeup import ContractWakeup
-from lab.scenario import device_from_payload
+from scenario import device_from_payload
 
 log = logging.getLogger("device_node")
 

@@ -23,8 +23,8 @@ from eth_account.signers.local import LocalAccount
 
 from aggregator_contract.client import Coordinator, CurrentVars, PendingTx, WrongRound
 from device_node.local_step import LocalProblem
-from lab.scenario import DeviceSpec
 from mqtt_bridge.plan import on_off_plan, plan_to_words, required_on_slots
+from scenario import DeviceSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,9 @@ class DeviceAgent:
         if self.spec.actuators() and not c.plan_words(session, self.address):
             parts = self.component_split(c.held_x(session))
             words: list[int] = []
-            for comp in self.spec.components:
-                if comp.actuator is None:
-                    continue
-                words += plan_to_words(self.switch_plan(comp, parts[comp.id]))
+            comps = {comp.id: comp for comp in self.spec.components}
+            for cid in self.spec.actuators():  # in component order, as the bridge reads them
+                words += plan_to_words(self.switch_plan(comps[cid], parts[cid]))
             sent.append(c.publish_plan(session, words, wait=False))
         self._planned.add(session)
         return sent

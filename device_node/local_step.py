@@ -31,8 +31,8 @@ import time
 import cvxpy as cp
 import numpy as np
 
-from device_node.models import Home, build_home
-from lab.scenario import DeviceSpec, Horizon
+from scenario import DeviceSpec, Horizon
+from scenario.home import Home, build_home
 
 DEFAULT_SOLVER = "CLARABEL"
 SOLVER_OPTS: dict[str, dict] = {
@@ -121,7 +121,7 @@ class LocalProblem:
 
 def _measure(name: str) -> None:
     """Solver comparison behind the module docstring's figures."""
-    from lab.scenario import load
+    from scenario import load
 
     scen = load(name)
     rng = np.random.default_rng(0)

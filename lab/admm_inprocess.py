@@ -17,7 +17,7 @@ import numpy as np
 
 from aggregator_contract.reference import AggregatorState, aggregate_step
 from device_node.local_step import LocalProblem
-from lab.scenario import Scenario
+from scenario import Scenario
 
 
 @dataclass

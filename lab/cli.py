@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # clear one-line errors for expected failures
         from aggregator_contract.limits import ScaleError
-        from lab.scenario import ScenarioError
+        from scenario import ScenarioError
 
         if isinstance(e, ScenarioError | ScaleError):
             print(f"error: {e}", file=sys.stderr)
@@ -76,9 +76,8 @@ def _compare(scenario_name: str, solver: str | None, max_rounds: int | None,
              progress: bool) -> tuple:
     import numpy as np
 
-    from lab import central
     from lab.admm_inprocess import run_admm
-    from lab.scenario import load
+    from scenario import central, load
 
     scen = load(scenario_name)
 

@@ -33,7 +33,7 @@ def _load(name: str):
     """The scenario, refused first (ScaleError) when one session or block cannot hold it:
     the solver-based feasibility check of thousands of devices would only delay that."""
     from lab.orchestrator import scale_check
-    from lab.scenario import load
+    from scenario import load
 
     scale_check(load(name, check_feasible=False))
     return load(name)  # ScenarioError and ScaleError are reported by lab.cli.main

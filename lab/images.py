@@ -53,7 +53,8 @@ DEBIAN_MIRROR = os.environ.get("LAB_DEBIAN_MIRROR", "http://deb.debian.org/debia
 # what the project image needs from the repository (a staged build context keeps .venv,
 # runs/ and build/ out of it, with or without a .dockerignore)
 CONTEXT_FILES = ("pyproject.toml", "requirements.lock", "README.md")
-CONTEXT_PACKAGES = ("lab", "chain", "aggregator_contract", "device_node", "mqtt_bridge")
+CONTEXT_PACKAGES = ("lab", "chain", "aggregator_contract", "device_node", "mqtt_bridge",
+                    "scenario")
 
 CONTAINERS_CONF = """\
 [containers]

@@ -32,8 +32,8 @@ from chain.genesis import GAS_LIMIT
 from chain.network import Network, stop_run
 from lab import results as res
 from lab.runfolder import RunFolder, active_lab, claim, claimed_lab, release
-from lab.scenario import Scenario
 from lab.supervisor import Supervisor, stop_pids
+from scenario import Scenario
 
 log = logging.getLogger("lab")
 

@@ -21,14 +21,14 @@ from aggregator_contract.reference import (
     step6_rho_update,
 )
 from lab.admm_inprocess import run_admm
-from lab.central import (
+from scenario import load, parse
+from scenario.central import (
     capacity_violation_kw,
     export_violation_kw,
     gap_rel,
     solve_central,
     total_cost,
 )
-from lab.scenario import load, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = AdmmSettings(rho0=1.0, eps_abs=1e-4, eps_rel=1e-3, max_rounds=100, mu=5, tau=10,

@@ -245,7 +245,7 @@ def _scenario_run(name: str):
     pytest.importorskip("device_node.local_step")
     from device_node.local_step import LocalProblem
     from lab.admm_inprocess import run_admm
-    from lab.scenario import load
+    from scenario import load
 
     scen = load(name)
     problems = [LocalProblem(d) for d in scen.devices]

@@ -124,8 +124,8 @@ def test_device_process_killed_mid_run_still_finalizes(runs):
     from lab.admm_inprocess import run_admm
     from lab.orchestrator import Lab
     from lab.runfolder import RunFolder
-    from lab.scenario import load
     from lab.verify import verify_session
+    from scenario import load
 
     scen = load("homes3")
     lab = Lab(scen, RunFolder.create(scen.name), out=sys.stderr)

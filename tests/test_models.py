@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from device_node.local_step import LocalProblem
-from device_node.models import InfeasibleDevice, build_home, check_feasible
-from lab.scenario import ScenarioError, load, parse
+from scenario import ScenarioError, load, parse
+from scenario.home import InfeasibleDevice, build_home, check_feasible
 
 
 def mini(*components: dict, slots: int = 24, minutes: float = 60, check: bool = True):
@@ -220,3 +220,109 @@ def test_private_cost_accepts_x_rounded_to_nano_kw():
     assert lp.private_cost(rounded) == pytest.approx(0.0, abs=1e-9)
     parts = lp.home.component_power()
     assert np.abs(parts["pump"] - lp.component_power()["pump"]).max() < 1e-5
+
+
+# ---- the two winter types (scenario/components/space_heating.py, bidirectional_ev.py)
+
+
+def _v2g(**over) -> dict:
+    spec = {"id": "car", "type": "bidirectional_ev", "capacity_kwh": 10, "max_charge_kw": 2,
+            "max_discharge_kw": 2, "arrive_slot": 2, "depart_slot": 10, "soc_arrive": 0.5,
+            "soc_depart": 0.5, "soc_min": 0.2, "soc_max": 0.9, "eta_charge": 1.0,
+            "eta_discharge": 1.0, "wear_per_kwh": 0.01, "loss_per_kw2h": 0.0}
+    spec.update(over)
+    return spec
+
+
+def test_bidirectional_ev_cycles_when_the_spread_beats_wear_hand_derived():
+    # plugged 02:00-10:00; 0.1 $/kWh for 4 h, then 0.5 for 4 h. Lossless: fill 5 -> 9 kWh
+    # cheaply, give 4 kWh back at the high price and leave with the 5 kWh it came with.
+    dev = mini(_v2g(), slots=12)
+    price = np.array([0.3] * 2 + [0.1] * 4 + [0.5] * 4 + [0.3] * 2)
+    home, x, value = solve_with_price(dev, price)
+    car = home.components[0]
+    assert np.abs(x[[0, 1, 10, 11]]).max() < 1e-7  # nothing while away
+    assert car.charge.value[2:6].sum() == pytest.approx(4, abs=1e-5)
+    assert car.discharge.value[6:10].sum() == pytest.approx(4, abs=1e-5)
+    assert x[6:10].min() < -1  # vehicle-to-home/grid: power flows out
+    assert car.energy.value.max() <= 9 + 1e-6 and car.energy.value[-1] >= 5 - 1e-6
+    assert value == pytest.approx(0.1 * 4 - 0.5 * 4 + 0.01 * 8, abs=1e-6)
+
+
+def test_bidirectional_ev_does_not_cycle_when_wear_exceeds_the_spread():
+    # a kWh cycled earns 0.4 $ and wears 2 x 0.25 $: it stays idle
+    dev = mini(_v2g(wear_per_kwh=0.25), slots=12)
+    _, x, _ = solve_with_price(dev, np.array([0.3] * 2 + [0.1] * 4 + [0.5] * 4 + [0.3] * 2))
+    assert np.abs(x).max() < 1e-6
+
+
+def test_bidirectional_ev_energy_carries_across_midnight():
+    # plugged 20:00 -> 06:00: arrives at 40 %, must leave at 80 %; cheapest hours 01:00-03:00
+    dev = mini(_v2g(capacity_kwh=20, max_charge_kw=7, arrive_slot=20, depart_slot=6,
+                    soc_arrive=0.4, soc_depart=0.8, eta_charge=0.9, eta_discharge=0.9))
+    price = np.full(24, 0.3)
+    price[1:3] = 0.1
+    home, x, _ = solve_with_price(dev, price)
+    car = home.components[0]
+    assert list(car.order) == [20, 21, 22, 23, 0, 1, 2, 3, 4, 5]
+    e = car.energy.value  # in plugged order: e[0] on arrival at 20:00, e[-1] at departure
+    assert e[0] == pytest.approx(8) and e[-1] >= 16 - 1e-5
+    assert np.allclose(np.diff(e), 0.9 * car.charge.value[car.order]
+                       - car.discharge.value[car.order] / 0.9, atol=1e-6)
+    charge = car.charge.value.copy()
+    assert charge[1:3].sum() == pytest.approx(14, abs=1e-4)  # both cheap hours at 7 kW
+    charge[1:3] = 0
+    assert charge.max() < 1e-6  # and nothing else bought
+    # the evening's 0.3 $/kWh beats 0.1 / 0.81 + wear: it sells before it refills
+    assert car.discharge.value[[20, 21, 22, 23, 0]].sum() > 1
+    assert np.abs(x[6:20]).max() < 1e-7
+
+
+def test_bidirectional_ev_unreachable_departure_refused():
+    with pytest.raises(ScenarioError, match=r"components\[0\]\.soc_depart: expected a target "
+                       r"reachable"):
+        mini(_v2g(soc_arrive=0.2, soc_depart=0.9, max_charge_kw=0.5), slots=12)
+
+
+def _heat_pump(**over) -> dict:
+    spec = {"id": "hp", "type": "space_heating", "max_kw": 3.0, "r_c_per_kw": 6.0,
+            "c_kwh_per_c": 10.0, "t_init_c": 20.0, "t_min_c": 19.0, "t_max_c": 22.0,
+            "t_out_c": {"profile": "winter"}, "gains_kw": 0.3}
+    spec.update(over)
+    return spec
+
+
+def test_space_heating_cop_follows_the_outdoor_temperature():
+    dev = mini(_heat_pump(t_out_c=[-10.0, -7.0, -2.5, 2.0, 4.5, 7.0, 12.0, 20.0] * 3))
+    cop = dev.components[0].series("cop_t")[:8]
+    # the default curve: 2.6 at -7, 3.4 at 2, 4.3 at 7, 5.0 at 12, flat beyond its ends
+    assert np.allclose(cop, [2.6, 2.6, 3.0, 3.4, 3.85, 4.3, 5.0, 5.0])
+
+
+def test_space_heating_stays_in_band_and_heats_when_the_cop_is_high():
+    dev = mini(_heat_pump(), slots=96, minutes=15)
+    home, x, _ = solve_with_price(dev, np.full(96, 0.2))  # a flat price: only the COP differs
+    comp = dev.components[0]
+    cop, t_out = comp.series("cop_t"), comp.series("t_out_c")
+    a = np.exp(-0.25 / (6.0 * 10.0))
+    theta = [20.0]
+    for t in range(96):  # the recurrence written out independently of the model
+        theta.append(a * theta[-1] + (1 - a) * (t_out[t] + 6.0 * (cop[t] * x[t] + 0.3)))
+    theta = np.array(theta)
+    assert np.allclose(theta, home.components[0].temp.value, atol=1e-5)
+    assert theta[1:].min() >= 19 - 1e-5 and theta[1:].max() <= 22 + 1e-5
+    assert x.sum() > 1
+    # heat is bought when it is cheap in electricity: the power-weighted COP beats the mean
+    assert (cop * x).sum() / x.sum() > cop.mean() + 0.1
+
+
+def test_space_heating_too_small_named_with_its_device():
+    with pytest.raises(ScenarioError, match=r"devices\[0\]\.components\[0\]: expected feasible"
+                       r".*keeps the building"):
+        mini(_heat_pump(max_kw=0.2), slots=96, minutes=15)
+
+
+def test_space_heating_cop_curve_must_rise():
+    with pytest.raises(ScenarioError, match=r"cop_curve\[1\]\[0\]: expected a temperature "
+                       r"above"):
+        mini(_heat_pump(cop_curve=[[5, 3.0], [0, 2.5]]))

@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import yaml
 
-from lab import profiles
-from lab.scenario import (
+from scenario import (
     COMPONENT_TYPES,
     CONFIGS,
+    TYPES,
     ScenarioError,
     device_from_payload,
     generate_homes,
     load,
     parse,
+    profiles,
 )
 
 
@@ -32,11 +33,17 @@ def _write(tmp_path: Path, doc: dict) -> Path:
     return p
 
 
+# the winter types appear in configs/winter3.yaml; homes10 and the generator use the rest
+WINTER_TYPES = {"space_heating", "bidirectional_ev"}
+
+
 def test_homes10_has_every_type_and_both_actuator_protocols():
     s = load("homes10")
     assert s.horizon.slots == 96 and s.horizon.delta_h == 0.25 and len(s.devices) == 10
     types = {c.type for d in s.devices for c in d.components}
-    assert types == set(COMPONENT_TYPES)
+    assert types == set(COMPONENT_TYPES) - WINTER_TYPES
+    winter = {c.type for d in load("winter3").devices for c in d.components}
+    assert WINTER_TYPES <= winter
     kinds = {c.params["kind"] for d in s.devices for c in d.components if c.type == "thermal"}
     assert kinds == {"heat_pump", "water_heater"}
     protos = {a.protocol for d in s.devices for a in d.actuators().values()}
@@ -64,7 +71,8 @@ def test_generated_homes100_seeded_varied_with_actuators_and_groups():
     assert a.to_yaml() == b.to_yaml()  # seeded: same scenario every time
     assert a.chain.nodes == "per_group" and a.chain.group_size == 25 and len(a.devices) == 100
     assert sum(1 for d in a.devices if d.actuators()) >= 5
-    assert {c.type for d in a.devices for c in d.components} == set(COMPONENT_TYPES)
+    assert {c.type for d in a.devices for c in d.components} == set(COMPONENT_TYPES) - \
+        WINTER_TYPES
     assert generate_homes(100, seed=7).to_yaml() != a.to_yaml()
     sizes = {len(d.components) for d in a.devices}
     assert len(sizes) >= 4
@@ -199,7 +207,7 @@ def test_parse_in_memory_reports_source():
 
 
 def test_homes10_congested_binds_both_limits_in_the_central_optimum():
-    from lab.central import solve_central
+    from scenario.central import solve_central
 
     s = load("homes10-congested")
     assert s.feeder.capacity_kw[0] == 7 and s.feeder.export_limit_kw[0] == 6
@@ -224,3 +232,71 @@ def test_admm_settings_outside_what_the_contract_accepts_refused(tmp_path, field
     doc.setdefault("admm", {})[field] = value
     with pytest.raises(ScenarioError, match=rf"broken\.yaml: admm\.{field}: expected a number"):
         load(_write(tmp_path, doc))
+
+
+def test_generated_model_docs_and_json_schema_are_current():
+    """docs/models.md and configs/scenario.schema.json are generated from the definitions."""
+    from scenario import docs
+
+    assert docs.main(["--check"]) == 0
+    text = docs.models_markdown()
+    for name, cls in TYPES.items():  # every type, its physics and every parameter
+        assert f"## {name}" in text and cls.__doc__.split("\n")[0].strip() in text
+        for field in cls.model_fields:
+            assert f"| `{field}` |" in text or field == "type"
+
+
+def test_json_schema_accepts_the_shipped_scenarios_and_refuses_typos():
+    import json
+
+    import jsonschema
+
+    schema = json.loads((CONFIGS / "scenario.schema.json").read_text())
+    check = jsonschema.Draft202012Validator(schema)
+    for f in sorted(CONFIGS.glob("*.yaml")):
+        check.validate(yaml.safe_load(f.read_text()))
+    check.validate(yaml.safe_load(generate_homes(30).to_yaml()))
+    doc = _homes3()
+    doc["devices"][0]["components"][2]["capacity_kw"] = 10  # typo of capacity_kwh
+    assert not check.is_valid(doc)
+    doc = _homes3()
+    doc["devices"][2]["components"][3]["type"] = "nuclear"
+    assert not check.is_valid(doc)
+
+
+def test_no_two_packages_import_each_other():
+    """scenario imports no lab package; device_node and mqtt_bridge never import lab."""
+    import ast
+
+    root = CONFIGS.parent
+    forbidden = {"scenario": {"lab", "device_node", "mqtt_bridge", "chain"},
+                 "device_node": {"lab"}, "mqtt_bridge": {"lab", "device_node"},
+                 "aggregator_contract": {"lab", "device_node", "scenario", "mqtt_bridge"}}
+    for pkg, banned in forbidden.items():
+        for py in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(py.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for n in names:
+                    assert n.split(".")[0] not in banned, f"{py.relative_to(root)} imports {n}"
+
+
+def test_a_component_type_is_one_registered_module():
+    """Each type is defined by exactly one module of scenario/components, named after it."""
+    import pkgutil
+
+    import scenario.components as comps
+
+    modules = {m.name for m in pkgutil.iter_modules(comps.__path__)} - {"base"}
+    owners = {cls.__module__.rsplit(".", 1)[-1] for cls in TYPES.values()}
+    assert owners == modules
+    assert set(COMPONENT_TYPES) >= {"space_heating", "bidirectional_ev"}
+
+
+def test_winter3_payload_round_trip_and_bounds():
+    s = load("winter3")
+    d = s.device("home03")
+    assert device_from_payload(d.to_payload()) == d
+    lo, hi = d.power_bounds()
+    assert lo < -3.7 - 2.5 + 0.2  # the car and the battery can both export
+    assert s.device("home01").components[1].series("cop_t").min() > 2.6

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 
-from device_node.models import build_home
-from lab.scenario import Scenario
+from scenario.home import build_home
+from scenario.schema import Scenario
 
 
 @dataclass
