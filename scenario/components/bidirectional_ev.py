@@ -7,16 +7,16 @@ from typing import Literal
 import cvxpy as cp
 import numpy as np
 
-from scenario.components.base import Component, Model
+from scenario.components.base import Model
+from scenario.components.ev import PluggedVehicle
 from scenario.errors import fail
-from scenario.fields import Slot, param
-from scenario.horizon import Horizon, window_mask, window_order
+from scenario.fields import param
+from scenario.horizon import Horizon, window_order
 
 
-class BidirectionalEV(Component):
-    """A bidirectional EV: plugged in on [arrive_slot, depart_slot) (wrapping past midnight
-    when arrive > depart, read cyclically as for `ev`), it may charge c_t >= 0 and discharge
-    d_t >= 0 (kW) into the home or the grid, p_t = c_t - d_t, both 0 while away.
+class BidirectionalEV(PluggedVehicle):
+    """A bidirectional EV: on the plug-in window of `PluggedVehicle` it may charge c_t >= 0
+    and discharge d_t >= 0 (kW) into the home or the grid, p_t = c_t - d_t, 0 while away.
     Along the plugged slots s_0, s_1, ... in time order the stored energy is
         e_0 = soc_arrive Q,  e_{k+1} = e_k + Δ(η_c c_{s_k} - d_{s_k}/η_d),
     soc_min Q <= e_k <= soc_max Q (soc_min is the reserve the driver keeps), and at departure
@@ -25,11 +25,8 @@ class BidirectionalEV(Component):
     loss_per_kw2h Δ Σ_t (c_t² + d_t²) (charger and I²R losses)."""
 
     type: Literal["bidirectional_ev"] = "bidirectional_ev"
-    capacity_kwh: float = param(doc="battery capacity Q", unit="kWh", gt=0)
     max_charge_kw: float = param(doc="charging power limit", unit="kW", gt=0)
     max_discharge_kw: float = param(doc="discharging power limit", unit="kW", gt=0)
-    arrive_slot: Slot = param(doc="first slot plugged in")
-    depart_slot: Slot = param(doc="slot the car leaves (not plugged in)")
     soc_arrive: float = param(0.4, doc="state of charge on arrival", ge=0, le=1)
     soc_depart: float = param(0.8, doc="lowest state of charge at departure", ge=0, le=1)
     soc_min: float = param(0.2, doc="reserve never discharged below", ge=0, le=1)
@@ -39,13 +36,8 @@ class BidirectionalEV(Component):
     wear_per_kwh: float = param(0.05, doc="degradation cost of throughput", unit="$/kWh", ge=0)
     loss_per_kw2h: float = param(0.001, doc="quadratic charger loss", unit="$/kW²h", ge=0)
 
-    def _plugged(self, h: Horizon) -> np.ndarray:
-        return window_mask(self.arrive_slot, self.depart_slot, h.slots)
-
     def check(self, h: Horizon) -> None:
-        if self.arrive_slot == self.depart_slot:
-            fail("a departure slot different from arrive_slot", self.depart_slot,
-                 at=".depart_slot")
+        super().check(h)
         if not self.soc_min <= self.soc_max:
             fail(f"soc_min <= soc_max ({self.soc_max})", self.soc_min, at=".soc_min")
         if not self.soc_min <= self.soc_arrive <= self.soc_max:
@@ -53,7 +45,7 @@ class BidirectionalEV(Component):
                  self.soc_arrive, at=".soc_arrive")
         if self.soc_depart > self.soc_max:
             fail(f"a value <= soc_max ({self.soc_max})", self.soc_depart, at=".soc_depart")
-        hours = self._plugged(h).sum() * h.delta_h
+        hours = self.plugged_hours(h)
         reach = self.soc_arrive + self.eta_charge * self.max_charge_kw * hours / (
             self.capacity_kwh)
         if reach < self.soc_depart - 1e-9:
@@ -62,12 +54,12 @@ class BidirectionalEV(Component):
                  at=".soc_depart")
 
     def slot_bounds(self, h: Horizon) -> tuple[np.ndarray, np.ndarray]:
-        plugged = self._plugged(h)
+        plugged = self.plugged(h)
         return -self.max_discharge_kw * plugged, self.max_charge_kw * plugged
 
     def build(self, h: Horizon) -> Model:
         t, dt, q = h.slots, h.delta_h, self.capacity_kwh
-        plugged = self._plugged(h)
+        plugged = self.plugged(h)
         order = window_order(self.arrive_slot, self.depart_slot, t)
         c = cp.Variable(t, nonneg=True, name=f"{self.id}_c")
         d = cp.Variable(t, nonneg=True, name=f"{self.id}_d")
