@@ -9,6 +9,7 @@ off the field's declaration (scenario.fields), so the text cannot drift from the
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ class ScenarioError(ValueError):
             msg = f"{where}: expected {expected}"
         else:
             msg = f"{where}: expected {expected}, got {_show(got)}"
+        if device and not re.fullmatch(r"[a-z0-9_-]{1,64}", device):
+            device = repr(device)  # one line, whatever the id holds
         if device and f"device {device}" not in msg:
             msg += f" [device {device}]"
         super().__init__(msg)

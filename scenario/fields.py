@@ -161,4 +161,6 @@ def Profile(kind: str, resolve: Callable[[str, Mapping, Horizon], tuple[float, .
                      WithJsonSchema({"anyOf": alts})]
 
 
-Id = Annotated[str, Field(pattern=ID_PATTERN), Expect("an id matching [a-z0-9_-]+")]
+# ids name run-folder files, keys and MQTT topics: short, and safe in all three
+Id = Annotated[str, Field(pattern=ID_PATTERN, max_length=64),
+               Expect("an id matching [a-z0-9_-]+, at most 64 characters")]

@@ -218,8 +218,8 @@ class Scenario(BaseModel):
 
     model_config = _STRICT
 
-    name: Annotated[str, Field(pattern=r"^[a-z0-9_-]+$"),
-                    Expect("a name matching [a-z0-9_-]+")] = Field(
+    name: Annotated[str, Field(pattern=r"^[a-z0-9_-]+$", max_length=64),
+                    Expect("a name matching [a-z0-9_-]+, at most 64 characters")] = Field(
         description="the scenario's name (default: the file's stem)")
     seed: int | None = Field(None, ge=0, description="only for generated scenarios")
     horizon: Annotated[Horizon, Expect("a horizon mapping (slots, slot_minutes)")]
@@ -236,7 +236,7 @@ class Scenario(BaseModel):
     _name_default = model_validator(mode="before")(_default_name)
 
     @model_validator(mode="after")
-    def _unique(self) -> Scenario:
+    def _unique(self, info: ValidationInfo) -> Scenario:
         seen: set[str] = set()
         addrs: dict[tuple[str, str], str] = {}
         for i, d in enumerate(self.devices):
@@ -248,11 +248,37 @@ class Scenario(BaseModel):
                 if a is None:
                     continue
                 k = (a.protocol, a.address)
-                if k in addrs:
-                    fail(f"a {k[0]} address not already used by {addrs[k]}", k[1],
-                         at=f"devices[{i}].components[{j}].actuator")
+                for (proto, other), owner in addrs.items():
+                    nested = other.startswith(k[1] + "/") or k[1].startswith(other + "/")
+                    if proto == k[0] and (other == k[1] or nested):
+                        fail(f"a {k[0]} address not already used by {owner} (nor a topic "
+                             "level above or below it)", k[1],
+                             at=f"devices[{i}].components[{j}].actuator")
                 addrs[k] = f"{d.id}.{comp.id}"
+        raw = (info.context or {}).get("doc", {}).get("feeder")
+        self._feeder_can_hold(raw if isinstance(raw, Mapping) else {})
         return self
+
+    def _feeder_can_hold(self, raw: Mapping) -> None:
+        """The feeder box against what the homes must draw or feed in whatever they do:
+        the sum of their least (most) power per slot above C (below -E) is infeasible."""
+        lo = sum(d.slot_bounds()[0] for d in self.devices)
+        hi = sum(d.slot_bounds()[1] for d in self.devices)
+        cap, exp = np.array(self.feeder.capacity_kw), np.array(self.feeder.export_limit_kw)
+        over = np.flatnonzero(lo > cap + 1e-9)
+        if over.size:
+            t = int(over[0])
+            fail(f"at least the {lo[t]:.3f} kW the homes draw in slot {t} whatever they do "
+                 f"(fixed loads and other inflexible power; {over.size} slots too low)",
+                 float(cap[t]), at="feeder.capacity_kw" + (
+                     f"[{t}]" if isinstance(raw.get("capacity_kw"), list) else ""))
+        under = np.flatnonzero(hi < -exp - 1e-9)
+        if under.size:
+            t = int(under[0])
+            fail(f"at least the {-hi[t]:.3f} kW the homes feed in in slot {t} whatever they "
+                 f"do (PV that cannot be curtailed; {under.size} slots too low)",
+                 float(exp[t]), at="feeder.export_limit_kw" + (
+                     f"[{t}]" if isinstance(raw.get("export_limit_kw"), list) else ""))
 
     @property
     def source(self) -> str:
@@ -308,7 +334,8 @@ def parse(data: Any, file: str = "<memory>", *, check_feasible: bool = True) -> 
         raise ScenarioError(file, "", "a mapping", data)
     h = _horizon(data, file)
     try:
-        scen = Scenario.model_validate(data, context={"horizon": h, "file": file})
+        scen = Scenario.model_validate(data, context={"horizon": h, "file": file,
+                                                      "doc": data})
     except ValidationError as e:
         raise from_validation_error(e, file, Scenario, data, slots=h.slots) from None
     scen._source, scen._raw = file, data
@@ -343,10 +370,26 @@ def device_from_payload(payload: Mapping, source: str = "<device payload>") -> D
                                     slots=h.slots) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the
+    last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> Any:
-    """A scenario file's document; YAML errors as ScenarioError with the line."""
+    """A scenario file's document; YAML errors (and keys given twice) as ScenarioError with
+    the line."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from scenario.components.base import Component, Model
 from scenario.components.deferrable import energy_in_window, window_hours
@@ -39,6 +39,16 @@ class Zigbee2MqttActuator(_Actuator):
 
     protocol: Literal["zigbee2mqtt"] = "zigbee2mqtt"
     name: MqttName = Field(description="the device's Zigbee2MQTT friendly name")
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_verb(cls, v: str) -> str:
+        # Zigbee2MQTT reads <base>/<name>/set and /get, and /<n> as an endpoint
+        last = v.rsplit("/", 1)[-1]
+        if last in ("set", "get", "availability") or last.isdigit():
+            fail("a friendly name whose last level is not set, get, availability or a "
+                 "number (Zigbee2MQTT reads those as commands or endpoints)", v)
+        return v
 
     @property
     def address(self) -> str:
