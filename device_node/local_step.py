@@ -32,7 +32,7 @@ import cvxpy as cp
 import numpy as np
 
 from scenario import DeviceSpec, Horizon
-from scenario.home import Home, build_home
+from scenario.home import Home, build_home, infeasible_component
 
 DEFAULT_SOLVER = "CLARABEL"
 SOLVER_OPTS: dict[str, dict] = {
@@ -85,8 +85,10 @@ class LocalProblem:
             raise LocalSolveError(f"device {self.spec.id}: {self.solver} failed: {e}") from e
         self.solve_times.append(time.perf_counter() - t0)
         if self.problem.status not in OK:
+            why = infeasible_component(self.spec, self.solver)  # which component, and why
             raise LocalSolveError(f"device {self.spec.id}: local step {self.problem.status} "
-                                  f"({self.solver}, rho={rho:g})")
+                                  f"({self.solver}, rho={rho:g})"
+                                  + (f"; {why}" if why is not None else ""))
         self.x = np.asarray(self.home.power.value, dtype=float).reshape(-1)
         self._cost = float(self.home.cost.value)
         self._parts = self.home.component_power()

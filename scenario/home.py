@@ -43,19 +43,31 @@ def build_home(device_spec: DeviceSpec) -> Home:
     return Home(device_spec)
 
 
-def check_feasible(device_spec: DeviceSpec, solver: str = "CLARABEL") -> None:
-    """Raise InfeasibleDevice (naming device and component) if a component's constraint set is
-    empty. Components are independent behind the meter (x is their free sum), so the device is
-    feasible iff each is. Most types are settled by their analytic `check` at validation;
-    those marked `solve_to_check` (comfort bands under the weather) are solved here."""
+def infeasible_component(device_spec: DeviceSpec, solver: str = "CLARABEL", *,
+                         only_solved: bool = False) -> InfeasibleDevice | None:
+    """The first component whose own constraint set is empty, as an InfeasibleDevice naming
+    the device, the component, its type and what to change; None when each has a point.
+    Components are independent behind the meter (x is their free sum), so the device is
+    feasible iff each is. `only_solved`: just the types the analytic checks cannot settle."""
     for comp in device_spec.components:
-        if not comp.solve_to_check:
+        if only_solved and not comp.solve_to_check:
             continue
         model = comp.build(device_spec.horizon)
         prob = cp.Problem(cp.Minimize(0), model.constraints)
         try:
             prob.solve(solver=solver)
         except cp.SolverError as e:
-            raise InfeasibleDevice(device_spec.id, comp.id, f"solver failed: {e}") from e
+            return InfeasibleDevice(device_spec.id, comp.id, f"solver failed: {e}")
         if prob.status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
-            raise InfeasibleDevice(device_spec.id, comp.id, comp.infeasible_hint())
+            return InfeasibleDevice(device_spec.id, comp.id,
+                                    f"{comp.type} constraints: {comp.infeasible_hint()}")
+    return None
+
+
+def check_feasible(device_spec: DeviceSpec, solver: str = "CLARABEL") -> None:
+    """Raise InfeasibleDevice (naming device and component) if a component's constraint set is
+    empty. Most types are settled by their analytic `check` at validation; those marked
+    `solve_to_check` (comfort bands under the weather) are solved here."""
+    err = infeasible_component(device_spec, solver, only_solved=True)
+    if err is not None:
+        raise err

@@ -6,7 +6,7 @@ import cvxpy as cp
 import numpy as np
 import pytest
 
-from device_node.local_step import LocalProblem
+from device_node.local_step import LocalProblem, LocalSolveError
 from scenario import ScenarioError, load, parse
 from scenario.home import InfeasibleDevice, build_home, check_feasible
 
@@ -160,6 +160,12 @@ def test_infeasible_thermal_names_device_and_component():
         check_feasible(dev)
     with pytest.raises(ScenarioError, match=r"mini\.yaml: devices\[0\]\.components\[0\]: .*ac"):
         mini(spec)
+    # met during the rounds (a device given an unchecked spec): the device and the family
+    base = {"id": "base", "type": "fixed_load", "profile": "flat", "daily_kwh": 5}
+    local = LocalProblem(mini(base, spec, check=False))
+    with pytest.raises(LocalSolveError, match=r"device dev: local step infeasible.*"
+                       r"component ac: infeasible: thermal constraints: no power schedule"):
+        local.solve(np.zeros(24), 0.1)
 
 
 @pytest.mark.parametrize("spec,path,text", [
