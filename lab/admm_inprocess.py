@@ -2,7 +2,7 @@
 from aggregator_contract.reference (the same float math the contract is checked against).
 
 Round k: each device solves its local step against v_i = x_i - xbar + zbar - u with the
-current rho, then `reference.aggregate_step` does steps 2-6 (DESIGN.md). The first round
+current rho, then `reference.aggregate_step` does steps 2-6 (docs/architecture.md). The first round
 starts from x_i = 0, xbar = zbar = 0, u = D pi / rho0, rho = rho0
 (`AggregatorState.initial` with the feeder), so round 0 is each device's price-only optimum.
 """

@@ -1,4 +1,4 @@
-"""Entry point of a device container: its geth node, then its device process (DESIGN.md:
+"""Entry point of a device container: its geth node, then its device process (docs/architecture.md:
 one container per device, or per group, holding its node and its optimizer).
 
     python -m lab.container_entry --run-dir /lab --node NODE [--device ID ...] -- geth ARGS...

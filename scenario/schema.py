@@ -134,7 +134,7 @@ class ChainSpec(BaseModel):
         if self.signers % 2 == 0:
             fail("an odd number of signers", self.signers, at=".signers")
         if self.signers > 1 and self.period < 1:
-            fail("a period >= 1 s with several signers (DESIGN.md)", self.period,
+            fail("a period >= 1 s with several signers (docs/architecture.md)", self.period,
                  at=".period")
         return self
 
