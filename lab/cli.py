@@ -39,9 +39,37 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+ENVIRONMENT = """environment variables:
+  MQTT_URL            an external broker for the bridge and emulators (mqtt://host:port);
+                      unset: the lab runs its own mosquitto on loopback
+  LAB_RUNS            where run folders go (default: runs/)
+  RUNTIME             make up / make run: local or compose (default: compose when a Docker
+                      engine answers, else local); the CLI's --runtime
+  DOCKER_HOST         the Docker (or podman) API the Compose runtime uses
+  GETH                the geth binary of the local runtime (default: tools/bin/geth)
+  LAB_PODMAN_DIR      podman's storage for the offline images (default: build/podman)
+  LAB_DEBIAN_MIRROR   Debian mirror for the offline image build
+  LAB_PROJECT_IMAGE, LAB_DEVICE_IMAGE, LAB_GETH_IMAGE
+                      image names the Compose runtime runs
+  PIP_CERT, PIP_FIND_LINKS, SSL_CERT_FILE
+                      passed to image builds when set"""
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("energy-chain-lab")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lab", description="Blockchain-coordinated day-ahead scheduling lab.")
+        prog="lab", description="Blockchain-coordinated day-ahead scheduling lab.",
+        epilog=ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("solve", help="schedule a scenario with in-process ADMM (no chain) and "

@@ -213,3 +213,14 @@ def test_scenario_too_large_refused_before_the_chain_starts(tmp_path):
     assert "open_session needs up to" in out.stderr
     assert "above the block gas limit 100,000,000" in out.stderr
     assert not any(tmp_path.iterdir()), "a run folder was created"
+
+
+def test_python_m_lab_version_and_environment_in_help():
+    out = subprocess.run([sys.executable, "-m", "lab", "--version"], capture_output=True,
+                         text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.startswith("lab ")
+    out = subprocess.run([sys.executable, "-m", "lab", "--help"], capture_output=True,
+                         text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0
+    for var in ("MQTT_URL", "LAB_RUNS", "RUNTIME", "DOCKER_HOST"):
+        assert var in out.stdout
