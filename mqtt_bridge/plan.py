@@ -30,22 +30,22 @@ import math
 
 import numpy as np
 
+from scenario.horizon import window_order
+
 WORD_BITS = 256
 _QUANTUM = 1e-6  # score resolution, as a fraction of rated_kw
 
 
 def window_slots(slots: int, window: tuple[int, int] | None) -> np.ndarray:
-    """Slot indices of a window `[first, end)` in chronological order; wraps when first >= end
-    (first == end means the whole day starting at `first`)."""
+    """Slot indices of a window `[first, end)` in chronological order, wrapping past the
+    horizon's end when first > end (scenario.horizon.window_order: one rule for the models
+    and the plans); first == end means the whole day starting at `first`."""
     if window is None:
         return np.arange(slots)
     first, end = int(window[0]), int(window[1])
-    if not (0 <= first < slots and 0 <= end <= slots):
-        raise ValueError(f"window {list(window)}: expected 0 <= first < {slots} and "
-                         f"0 <= end <= {slots}")
-    if first < end:
-        return np.arange(first, end)
-    return np.concatenate([np.arange(first, slots), np.arange(0, end)])
+    if not (0 <= first <= slots and 0 <= end <= slots):
+        raise ValueError(f"window {list(window)}: expected slots in 0..{slots}")
+    return window_order(first % slots, end % slots, slots)
 
 
 def required_on_slots(on_hours: float, slot_minutes: float) -> int:

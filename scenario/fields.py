@@ -115,8 +115,8 @@ def _check_window(v: Any, info: ValidationInfo) -> tuple[int, int]:
     if not isinstance(v, (list, tuple)) or len(v) != 2:
         fail(f"[first_slot, end_slot] with slots in 0..{t} (the horizon has {t} slots)", v)
     a, b = _slot(v[0], t, "[0]"), _slot(v[1], t, "[1]")
-    if a == b:
-        fail("a non-empty window (first_slot != end_slot)", list(v))
+    if a % t == b % t:  # [T, 0) is as empty as [5, 5)
+        fail("a non-empty window (first_slot != end_slot, and not [T, 0])", list(v))
     return a, b
 
 

@@ -300,3 +300,20 @@ def test_winter3_payload_round_trip_and_bounds():
     lo, hi = d.power_bounds()
     assert lo < -3.7 - 2.5 + 0.2  # the car and the battery can both export
     assert s.device("home01").components[1].series("cop_t").min() > 2.6
+
+
+def test_one_window_rule_for_models_and_plans():
+    """The models' window mask and the bridge's on/off plan windows are the same slots, for
+    every window of a small horizon (including end = T and first = T, which wrap)."""
+    from mqtt_bridge.plan import window_slots
+    from scenario import window_mask
+
+    t = 8
+    for first in range(t + 1):
+        for end in range(t + 1):
+            if first % t == end % t:  # refused at load: an empty window
+                continue
+            mask = window_mask(first, end, t)
+            slots = window_slots(t, (first, end))
+            assert sorted(slots.tolist()) == np.flatnonzero(mask).tolist(), (first, end)
+            assert len(set(slots.tolist())) == len(slots)

@@ -30,7 +30,7 @@ class PluggedVehicle(Component):
         return float(self.plugged(h).sum() * h.delta_h)
 
     def check(self, h: Horizon) -> None:
-        if self.arrive_slot == self.depart_slot:
+        if self.arrive_slot % h.slots == self.depart_slot % h.slots:  # [T, 0) is empty too
             fail("a departure slot different from arrive_slot", self.depart_slot,
                  at=".depart_slot")
 
