@@ -54,7 +54,7 @@ DEBIAN_MIRROR = os.environ.get("LAB_DEBIAN_MIRROR", "http://deb.debian.org/debia
 # runs/ and build/ out of it, with or without a .dockerignore)
 CONTEXT_FILES = ("pyproject.toml", "requirements.lock", "README.md")
 CONTEXT_PACKAGES = ("lab", "chain", "aggregator_contract", "device_node", "mqtt_bridge",
-                    "scenario")
+                    "scenario", "conventions")
 
 CONTAINERS_CONF = """\
 [containers]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -150,7 +151,7 @@ class Lab:
         self.mqtt_url = self.broker.start()
         if self.broker.pid:
             self.run.record_pid("broker", self.broker.pid)
-        self.bridge_config = BridgeConfig.from_scenario(self.scenario.raw, self.run.path.name)
+        self.bridge_config = BridgeConfig.from_scenario(self.scenario, self.run.path.name)
         cfg = self.run.path / "bridge.json"
         self.bridge_config.save(cfg)
         common = ["--url", self.mqtt_url, "--config", cfg, "--run-dir", self.run.path]
@@ -320,6 +321,7 @@ class Lab:
     def stop(self) -> None:
         self.supervisor.stop_all()
         if getattr(self, "broker", None) is not None:
+            _clear_retained(self.mqtt_url, self.run.path)
             self.broker.stop()
         if self.network is not None:
             self.network.stop()
@@ -439,6 +441,22 @@ def _wait_forever() -> None:
         time.sleep(3600)
 
 
+def _clear_retained(url: str, run_dir: Path) -> None:
+    """The run's retained lab topics and discovery configs, cleared (best effort: a broker
+    that is gone holds nothing more)."""
+    from mqtt_bridge.cleanup import clear_retained
+    from mqtt_bridge.config import BridgeConfig
+
+    cfg_file = run_dir / "bridge.json"
+    if not cfg_file.exists():
+        return
+    try:
+        n = len(clear_retained(url, BridgeConfig.load(cfg_file), timeout=5))
+        log.info("cleared %d retained topics on %s", n, url)
+    except (OSError, TimeoutError, ValueError) as e:
+        log.warning("could not clear the retained topics on %s: %s", url, e)
+
+
 def down() -> int:
     """Stop the running lab: ask its orchestrator to stop, then make sure of it. A lab whose
     orchestrator was killed is cleaned up from its run folder all the same."""
@@ -459,6 +477,8 @@ def down() -> int:
     except psutil.TimeoutExpired:
         stop_pids([info["pid"]])
     run_dir = Path(info["run"])
+    if os.environ.get("MQTT_URL"):  # an external broker outlives the lab: clear what we left
+        _clear_retained(os.environ["MQTT_URL"], run_dir)
     if (run_dir / "docker-compose.yml").exists():
         from lab.compose import ComposeProject
 

@@ -82,10 +82,11 @@ class Bridge:
         self.max_attempts = max_attempts
         self.poll_interval = poll_interval
         self.acts = {a.id: ActuatorState(a) for a in config.actuators}
-        self._by_topic: dict[str, tuple[ActuatorState, str]] = {}
+        # report topic -> the actuators it speaks for (a Zigbee2MQTT bridge's state: several)
+        self._by_topic: dict[str, list[ActuatorState]] = {}
         for s in self.acts.values():
-            self._by_topic[tp.state_topic(s.act)] = (s, "state")
-            self._by_topic[tp.availability_topic(s.act)] = (s, "availability")
+            for topic in s.act.convention.report_topics():
+                self._by_topic.setdefault(topic, []).append(s)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._connected = threading.Event()
@@ -174,14 +175,14 @@ class Bridge:
     # -- messages from devices ------------------------------------------------------------
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            entry = self._by_topic.get(msg.topic)
-            if entry is None:
-                return
-            s, kind = entry
-            if kind == "state":
-                self._on_state(s, tp.parse_state(s.act, msg.payload))
-            else:
-                self._on_availability(s, tp.parse_availability(s.act, msg.payload))
+            # only a device's own report topics count: an acknowledgment on another topic,
+            # or another device's, changes nothing
+            for s in self._by_topic.get(msg.topic, ()):
+                report = s.act.convention.parse_report(msg.topic, msg.payload)
+                if report.online is not None:
+                    self._on_availability(s, report.online)
+                if report.state is not None:
+                    self._on_state(s, report.state)
         except tp.MalformedPayload as e:
             self.counts["malformed"] += 1
             log.warning("malformed payload on %s ignored: %s", msg.topic, e)
@@ -295,8 +296,9 @@ class Bridge:
                     {"actuator": s.act.id, "protocol": s.act.protocol,
                      "address": s.act.address, "plan": [int(b) for b in s.plan],
                      "mask": hex(pack_plan(s.plan)), "on_slots": int(sum(s.plan))}))
-            topic, cfg = tp.ha_discovery(s.act)
-            self._pub(topic, tp.dumps(cfg))
+            if not s.act.real:  # a real device announces itself
+                topic, cfg = tp.ha_discovery(s.act)
+                self._pub(topic, tp.dumps(cfg))
         for dev in self._devices():
             topic, cfg = tp.ha_power_sensor(run, dev)
             self._pub(topic, tp.dumps(cfg))

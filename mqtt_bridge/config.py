@@ -1,21 +1,22 @@
 """What the bridge and the emulators need to know about a scenario: its actuators and its day.
 
-Built from a scenario (`BridgeConfig.from_scenario`, which takes the validated Scenario
-object or the raw YAML mapping of configs/SCHEMA.md) or from a JSON file written by the
-orchestrator (`BridgeConfig.load`), so the bridge and emulator processes need no scenario
-parser of their own.
+Built from a validated scenario (`BridgeConfig.from_scenario`) or from the JSON file the
+orchestrator writes (`BridgeConfig.load`), so the bridge and emulator processes need no
+scenario of their own. Each actuator carries its MQTT convention (the `conventions`
+registry: Tasmota, Zigbee2MQTT, Shelly Gen2 ...) with its settings.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PROTOCOLS = ("tasmota", "zigbee2mqtt")
-_BAD_TOPIC = re.compile(r"[+#\x00]")
+from pydantic import ValidationError
+
+import conventions
+from conventions import Convention
 
 
 def actuator_id(device: str, component: str) -> str:
@@ -30,25 +31,45 @@ class Actuator:
 
     device: str
     component: str
-    protocol: str           # tasmota | zigbee2mqtt
-    address: str            # Tasmota topic or Zigbee2MQTT friendly name
+    convention: Convention  # the protocol and its settings (topic, name, ...)
     rated_kw: float = 0.0
     on_hours: float = 0.0
     window: tuple[int, int] | None = None
-    real: bool = False
-
-    def __post_init__(self) -> None:
-        where = f"actuator of {self.device}.{self.component}"
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"{where}: protocol {self.protocol!r}, expected one of {PROTOCOLS}")
-        if not self.address or _BAD_TOPIC.search(self.address) or self.address.strip("/") != \
-                self.address:
-            raise ValueError(f"{where}: topic/name {self.address!r} must be non-empty, without "
-                             "MQTT wildcards (+ #) or leading/trailing '/'")
 
     @property
     def id(self) -> str:
         return actuator_id(self.device, self.component)
+
+    @property
+    def protocol(self) -> str:
+        return self.convention.protocol
+
+    @property
+    def address(self) -> str:
+        return self.convention.address
+
+    @property
+    def real(self) -> bool:
+        return self.convention.real
+
+    def to_dict(self) -> dict[str, Any]:
+        # protocol, address and real repeat the convention's, for readers of bridge.json
+        return {"device": self.device, "component": self.component,
+                "protocol": self.protocol, "address": self.address, "real": self.real,
+                "convention": self.convention.model_dump(), "rated_kw": self.rated_kw,
+                "on_hours": self.on_hours,
+                "window": None if self.window is None else list(self.window)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Actuator:
+        try:
+            conv = conventions.from_dict(d["convention"])
+        except ValidationError as e:
+            raise ValueError(f"actuator {d.get('device')}.{d.get('component')}: "
+                             f"{e.errors()[0]['msg']}") from None
+        return cls(d["device"], d["component"], conv, float(d.get("rated_kw", 0.0)),
+                   float(d.get("on_hours", 0.0)),
+                   None if d.get("window") is None else tuple(d["window"]))
 
 
 @dataclass
@@ -86,41 +107,29 @@ class BridgeConfig:
     # -- building -------------------------------------------------------------------------
     @classmethod
     def from_scenario(cls, scenario: Any, run: str) -> BridgeConfig:
-        """From a Scenario object or the raw scenario mapping (configs/SCHEMA.md)."""
-        horizon = _get(scenario, "horizon")
-        playback = _get(scenario, "playback", None) or {}
+        """From a validated scenario (scenario.Scenario)."""
         acts = []
-        for d in _get(scenario, "devices"):
-            for c in _get(d, "components"):
-                a = _get(c, "actuator", None)
-                if _get(c, "type") != "switched" or a is None:
-                    continue  # a switched load without an actuator is scheduled, not switched
-                proto = _get(a, "protocol")
-                addr = _get(a, "topic", None) if proto == "tasmota" else _get(a, "name", None)
-                win = _get(c, "window", None)
-                acts.append(Actuator(
-                    device=_get(d, "id"), component=_get(c, "id"), protocol=proto,
-                    address=addr or "", rated_kw=float(_get(c, "rated_kw")),
-                    on_hours=float(_get(c, "on_hours", 0.0) or 0.0),
-                    window=None if win is None else (int(win[0]), int(win[1])),
-                    real=bool(_get(a, "real", False))))
-        return cls(run=run, slots=int(_get(horizon, "slots")),
-                   slot_minutes=float(_get(horizon, "slot_minutes")),
-                   start=str(_get(horizon, "start", "1970-01-01T00:00")),
-                   seconds_per_slot=float(_get(playback, "seconds_per_slot", 1.0)),
-                   realtime=bool(_get(playback, "realtime", False)), actuators=acts)
+        for d in scenario.devices:
+            comps = {c.id: c for c in d.components}
+            for cid, conv in d.actuators().items():
+                p = comps[cid].params
+                acts.append(Actuator(d.id, cid, conv, float(p["rated_kw"]),
+                                     float(p.get("on_hours", 0.0)),
+                                     tuple(p["window"]) if p.get("window") else None))
+        h, pb = scenario.horizon, scenario.playback
+        return cls(run=run, slots=h.slots, slot_minutes=h.slot_minutes, start=h.start,
+                   seconds_per_slot=pb.seconds_per_slot, realtime=pb.realtime,
+                   actuators=acts)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for a in d["actuators"]:
-            a["window"] = None if a["window"] is None else list(a["window"])
-        return d
+        return {"run": self.run, "slots": self.slots, "slot_minutes": self.slot_minutes,
+                "start": self.start, "seconds_per_slot": self.seconds_per_slot,
+                "realtime": self.realtime, "actuators": [a.to_dict() for a in self.actuators]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "bridge config") -> BridgeConfig:
         try:
-            acts = [Actuator(**{**a, "window": None if a.get("window") is None
-                                else tuple(a["window"])}) for a in d.get("actuators", [])]
+            acts = [Actuator.from_dict(a) for a in d.get("actuators", [])]
             return cls(**{**d, "actuators": acts})
         except (TypeError, KeyError) as e:
             raise ValueError(f"{where}: {e}") from e
@@ -135,18 +144,3 @@ class BridgeConfig:
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: cannot read bridge config: {e}") from e
         return cls.from_dict(d, where=str(path))
-
-
-_MISSING = object()
-
-
-def _get(obj: Any, key: str, default: Any = _MISSING) -> Any:
-    """Field of a mapping or an attribute of an object (Scenario dataclasses)."""
-    if isinstance(obj, dict):
-        if key in obj:
-            return obj[key]
-    elif hasattr(obj, key):
-        return getattr(obj, key)
-    if default is _MISSING:
-        raise ValueError(f"scenario: missing field {key!r} in {type(obj).__name__}")
-    return default

@@ -1,17 +1,11 @@
-"""Emulated smart plugs and bulbs that speak Tasmota's or Zigbee2MQTT's MQTT protocol.
+"""Emulated smart plugs and bulbs that speak their actuator's MQTT convention.
 
-Each emulator is its own MQTT client, as a real device is, so a real Tasmota plug or a real
-Zigbee2MQTT bulb can take its place by using the same topic/name:
-- Tasmota: will `tele/<t>/LWT` = Offline (retained), `Online` published on connect
-  (retained); answers every `cmnd/<t>/POWER` (ON, OFF, TOGGLE, 1, 0, 2, true, false, empty
-  = query) with `stat/<t>/RESULT` {"POWER": ...} and `stat/<t>/POWER` (not retained, as
-  Tasmota's default PowerRetain 0); an unknown payload gets `stat/<t>/RESULT`
-  {"Command": "Error"}.
-- Zigbee2MQTT: `zigbee2mqtt/<n>/availability` {"state": "online"} (retained; will
-  {"state": "offline"}); state `zigbee2mqtt/<n>` {"state": "ON", "linkquality": ...}
-  retained, published after every `zigbee2mqtt/<n>/set` ({"state": "ON"|"OFF"|"TOGGLE"},
-  or `set/state` with a plain ON/OFF) and `zigbee2mqtt/<n>/get`.
-A device keeps its relay state while offline (power restored to the last state).
+Each emulator is its own MQTT client, as a real device is, so a real Tasmota plug, Zigbee2MQTT
+bulb or Shelly switch can take its place by using the same topic/name: the device's side of
+each convention (its command topics, answers, state messages, availability and will) is in
+its module in `conventions/`. A device keeps its relay state while offline (power restored
+to the last state). Devices reached through a gateway (Zigbee2MQTT's bridge) get one
+emulated gateway per distinct gateway, with its own availability and will.
 
 `EmulatorHost` runs one emulator per actuator that is not `real: true` and records every
 command received to `<run_dir>/emulators.jsonl` (one JSON object a line: t (epoch s),
@@ -39,15 +33,17 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from mqtt_bridge import topics as tp
+from conventions import MalformedPayload, Message
 from mqtt_bridge.broker import parse_url
 from mqtt_bridge.config import Actuator, BridgeConfig
 from mqtt_bridge.mqttc import make_client
 
 log = logging.getLogger("mqtt_bridge.emulator")
 
-_TASMOTA_WORDS = {"ON": True, "1": True, "TRUE": True, "OFF": False, "0": False,
-                  "FALSE": False}
+
+
+def _publish(client: mqtt.Client, m: Message) -> mqtt.MQTTMessageInfo:
+    return client.publish(m.topic, m.payload, qos=1, retain=m.retain)
 
 
 class Emulator:
@@ -66,19 +62,15 @@ class Emulator:
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
-        a = act.address
-        self._command_topics = {tp.tasmota_cmnd(a)} if act.protocol == "tasmota" else \
-            {tp.z2m_set(a), tp.z2m_set(a) + "/state", tp.z2m_get(a)}
+        self.conv = act.convention
+        self._command_topics = set(self.conv.command_topics())
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
         """Connect (the device comes online) and wait for the broker's CONNACK."""
-        c = make_client(f"emu-{self.act.address}-{uuid.uuid4().hex[:6]}")
-        if self.act.protocol == "tasmota":
-            c.will_set(tp.tasmota_lwt(self.act.address), tp.TASMOTA_OFFLINE, qos=1, retain=True)
-        else:
-            c.will_set(tp.z2m_availability(self.act.address), tp.dumps({"state": tp.Z2M_OFFLINE}),
-                       qos=1, retain=True)
+        c = make_client(f"emu-{self.act.protocol}-{uuid.uuid4().hex[:8]}")
+        w = self.conv.will()
+        c.will_set(w.topic, w.payload, qos=1, retain=w.retain)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -116,8 +108,7 @@ class Emulator:
         if c is None:
             return
         if c.is_connected():
-            topic, payload = self._availability(False)
-            c.publish(topic, payload, qos=1, retain=True).wait_for_publish(2.0)
+            _publish(c, self.conv.availability(False)).wait_for_publish(2.0)
         c.disconnect()
         c.loop_stop()
         self._connected.clear()
@@ -127,22 +118,15 @@ class Emulator:
         return self._connected.is_set()
 
     # -- protocol -------------------------------------------------------------------------
-    def _availability(self, online: bool) -> tuple[str, str]:
-        if self.act.protocol == "tasmota":
-            return tp.tasmota_lwt(self.act.address), \
-                tp.TASMOTA_ONLINE if online else tp.TASMOTA_OFFLINE
-        return tp.z2m_availability(self.act.address), \
-            tp.dumps({"state": tp.Z2M_ONLINE if online else tp.Z2M_OFFLINE})
-
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any = None) -> None:
         if rc.is_failure:
             return
         client.subscribe([(t, 1) for t in sorted(self._command_topics)])
-        topic, payload = self._availability(True)
-        client.publish(topic, payload, qos=1, retain=True)
+        m = self.conv.availability(True)
+        _publish(client, m)
         self._publish_state(client)
-        self._event("online", topic, payload)
+        self._event("online", m.topic, m.payload)
         self._connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
@@ -150,56 +134,28 @@ class Emulator:
         self._connected.clear()
 
     def _publish_state(self, client: mqtt.Client) -> None:
-        a, s = self.act.address, tp.ON if self.state else tp.OFF
-        if self.act.protocol == "tasmota":
-            client.publish(tp.tasmota_result(a), tp.dumps({"POWER": s}), qos=1)
-            client.publish(tp.tasmota_stat(a), s, qos=1)
-        else:
-            client.publish(tp.z2m_state(a), tp.dumps({"state": s, "linkquality": 255}),
-                           qos=1, retain=True)
+        for m in self.conv.state_messages(self.state):
+            _publish(client, m)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic not in self._command_topics:
             return  # not ours (a broker may deliver more than the subscription asked for)
+        text = msg.payload.decode("utf-8", "replace").strip()
         try:
-            text = msg.payload.decode("utf-8").strip()
-            want = self._parse_command(msg.topic, text)
-        except (UnicodeDecodeError, ValueError) as e:
+            reply = self.conv.handle(msg.topic, msg.payload, self.state)
+        except MalformedPayload as e:
             log.warning("%s: malformed command on %s: %s", self.act.id, msg.topic, e)
-            self._event("malformed", msg.topic, msg.payload.decode("utf-8", "replace"))
-            if self.act.protocol == "tasmota":
-                client.publish(tp.tasmota_result(self.act.address),
-                               tp.dumps({"Command": "Error"}), qos=1)
+            self._event("malformed", msg.topic, text)
+            for m in self.conv.error(msg.topic, msg.payload):
+                _publish(client, m)
             return
         with self._lock:
-            if want is not None and not self.stuck:
-                self.state = (not self.state) if want == "TOGGLE" else want
+            if reply.want is not None and not self.stuck:
+                self.state = (not self.state) if reply.want == "TOGGLE" else reply.want
         self._event("command", msg.topic, text)
+        for m in reply.extra:
+            _publish(client, m)
         self._publish_state(client)
-
-    def _parse_command(self, topic: str, text: str) -> bool | str | None:
-        """True/False, "TOGGLE", or None for a query. Raises ValueError."""
-        if self.act.protocol == "tasmota":
-            word = text.upper()
-            if word == "":
-                return None
-            if word in ("TOGGLE", "2"):
-                return "TOGGLE"
-            if word in _TASMOTA_WORDS:
-                return _TASMOTA_WORDS[word]
-            raise ValueError(f"unknown POWER payload {text!r:.40}")
-        if topic == tp.z2m_get(self.act.address):
-            return None
-        if topic.endswith("/set/state"):
-            value: Any = text
-        else:
-            obj = json.loads(text)
-            if not isinstance(obj, dict) or "state" not in obj:
-                raise ValueError(f"expected {{\"state\": ...}}, got {text!r:.40}")
-            value = obj["state"]
-        if not isinstance(value, str) or value.upper() not in ("ON", "OFF", "TOGGLE"):
-            raise ValueError(f"state {value!r:.40}: expected ON, OFF or TOGGLE")
-        return "TOGGLE" if value.upper() == "TOGGLE" else value.upper() == "ON"
 
     def _event(self, kind: str, topic: str, payload: str) -> None:
         ev = {"t": time.time(), "actuator": self.act.id, "protocol": self.act.protocol,
@@ -222,6 +178,14 @@ class EmulatorHost:
                  run_dir: Path | None = None) -> None:
         self.emulators = {a.id: Emulator(a, url, record=self._write)
                           for a in actuators if not a.real}
+        self.url = url
+        # one emulated gateway (Zigbee2MQTT's bridge) per distinct gateway topic
+        self.gateways: dict[str, tuple[Message, Message]] = {}
+        for e in self.emulators.values():
+            gw = e.conv.gateway()
+            if gw is not None:
+                self.gateways.setdefault(gw[0].topic, gw)
+        self._gateway_clients: list[mqtt.Client] = []
         self.path = Path(run_dir) / "emulators.jsonl" if run_dir else None
         self._file = None
         self._lock = threading.Lock()
@@ -237,12 +201,37 @@ class EmulatorHost:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a")  # noqa: SIM115 (closed in stop)
+        for online, will in self.gateways.values():
+            self._gateway_clients.append(self._start_gateway(online, will, timeout))
         for e in self.emulators.values():
             e.start(timeout)
+
+    def _start_gateway(self, online: Message, will: Message, timeout: float) -> mqtt.Client:
+        host, port = parse_url(self.url)
+        c = make_client(f"emu-gateway-{uuid.uuid4().hex[:8]}")
+        c.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        up = threading.Event()
+
+        def on_connect(client: mqtt.Client, *args: Any) -> None:
+            _publish(client, online)
+            up.set()
+
+        c.on_connect = on_connect
+        c.connect_async(host, port, keepalive=5)
+        c.loop_start()
+        if not up.wait(timeout):
+            raise TimeoutError(f"emulated gateway {online.topic}: no connection to {self.url}")
+        return c
 
     def stop(self) -> None:
         for e in self.emulators.values():
             e.stop()
+        for c, (_, will) in zip(self._gateway_clients, self.gateways.values(), strict=False):
+            if c.is_connected():
+                _publish(c, will).wait_for_publish(2.0)
+            c.disconnect()
+            c.loop_stop()
+        self._gateway_clients.clear()
         if self._file:
             with self._lock:
                 self._file.close()

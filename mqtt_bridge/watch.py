@@ -23,7 +23,8 @@ import paho.mqtt.client as mqtt
 from mqtt_bridge.broker import parse_url
 from mqtt_bridge.mqttc import make_client
 
-DEFAULT_TOPICS = ("lab/#", "cmnd/#", "stat/#", "tele/#", "zigbee2mqtt/#", "homeassistant/#")
+DEFAULT_TOPICS = ("lab/#", "cmnd/#", "stat/#", "tele/#", "zigbee2mqtt/#", "homeassistant/#",
+                  "+/rpc", "+/events/rpc", "+/online")  # the last three: Shelly Gen2
 
 
 def format_line(topic: str, payload: bytes, retained: bool, width: int = 160,

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+import conventions
 from scenario import profiles
 from scenario.components import TYPES
 from scenario.errors import expectation, range_text
@@ -87,6 +88,18 @@ def models_markdown() -> str:
                                      if fname == "id" else "")
             kind = _kind(f).replace("|", "\\|")
             lines.append(f"| `{fname}` | {_default(f)} | {kind} | {unit} | {desc} |")
+    lines += ["", "## Actuators: MQTT conventions", "",
+              "A `switched` component may carry an `actuator`, in any convention of the",
+              "`conventions/` registry (one module each: the controller's and the device's side",
+              "of the protocol, and its Home Assistant discovery).", ""]
+    for proto, conv in sorted(conventions.REGISTRY.items()):
+        mod = sys.modules[conv.__module__]
+        lines += [f"### protocol: {proto}", "", "```text",
+                  inspect.cleandoc(mod.__doc__ or conv.__doc__ or ""), "```", "",
+                  "| setting | default | meaning |", "| --- | --- | --- |"]
+        for fname, f in conv.model_fields.items():
+            if fname != "protocol":
+                lines.append(f"| `{fname}` | {_default(f)} | {f.description or ''} |")
     lines += ["", "## Daily profiles", "", "Named profiles (`scenario/profiles.py`):", "",
               inspect.cleandoc(profiles.__doc__ or "")]
     return "\n".join(lines) + "\n"

@@ -71,6 +71,9 @@ def expectation(info: FieldInfo | None, slots: int | None = None) -> str:
     for m in info.metadata:
         if isinstance(m, Expect):
             return m.text.replace("{T}", str(slots) if slots else "T")
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "expected" in extra:  # for models outside this package (conventions/)
+        return str(extra["expected"])
     ann = _strip_optional(info.annotation)
     rng = range_text(info)
     if ann is bool:
@@ -178,6 +181,8 @@ def from_validation_error(err: ValidationError, file: str, root: type[BaseModel]
                              ctx.get("tag"), device=device)
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return ScenarioError(file, path, "a mapping", got, device=device)
+    if kind == "value_error":  # a field validator's own words
+        return ScenarioError(file, path, str(ctx.get("error", e["msg"])), got, device=device)
     if kind == "finite_number":
         return ScenarioError(file, path, "a finite number" + range_text(info), got,
                              device=device)

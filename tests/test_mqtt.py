@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conventions import MalformedPayload
+from conventions.tasmota import Tasmota
+from conventions.zigbee2mqtt import Zigbee2Mqtt
 from mqtt_bridge import topics as tp
 from mqtt_bridge.bridge import Bridge
 from mqtt_bridge.broker import MqttBroker, find_mosquitto
@@ -38,10 +41,10 @@ BROKERS = [pytest.param("mosquitto", marks=pytest.mark.skipif(
     find_mosquitto() is None, reason="mosquitto not installed")), "amqtt"]
 
 ACTS = [
-    Actuator("home01", "bulb", "tasmota", "home01_bulb", 0.06),
-    Actuator("home01", "plug", "tasmota", "home01_plug", 1.0),
-    Actuator("home02", "lamp", "zigbee2mqtt", "home02 lamp", 0.06),
-    Actuator("home02", "pump", "zigbee2mqtt", "home02_pump", 0.5),
+    Actuator("home01", "bulb", Tasmota(topic="home01_bulb"), 0.06),
+    Actuator("home01", "plug", Tasmota(topic="home01_plug"), 1.0),
+    Actuator("home02", "lamp", Zigbee2Mqtt(name="home02 lamp"), 0.06),
+    Actuator("home02", "pump", Zigbee2Mqtt(name="home02_pump"), 0.5),
 ]
 
 ACTS_IDS = [a.id for a in ACTS]
@@ -173,24 +176,23 @@ def test_plan_bitmask_roundtrip():
 
 
 # -- configuration ------------------------------------------------------------------------
-def test_bridge_config_from_scenario_mapping(tmp_path):
-    scn = {"horizon": {"slots": 96, "slot_minutes": 15, "start": "2026-06-01T00:00"},
-           "playback": {"seconds_per_slot": 0.5},
-           "devices": [{"id": "home01", "components": [
-               {"id": "base", "type": "fixed_load"},
-               {"id": "bulb", "type": "switched", "rated_kw": 0.06, "on_hours": 4,
-                "window": [68, 88], "actuator": {"protocol": "tasmota", "topic": "h1_bulb"}},
-               {"id": "lamp", "type": "switched", "rated_kw": 0.04, "on_hours": 2,
-                "actuator": {"protocol": "zigbee2mqtt", "name": "h1 lamp", "real": True}}]}]}
-    cfg = BridgeConfig.from_scenario(scn, run="r1")
-    assert [a.id for a in cfg.actuators] == ["home01/bulb", "home01/lamp"]
-    assert cfg.actuators[0].window == (68, 88) and cfg.actuators[1].real
+def test_bridge_config_from_the_validated_scenario(tmp_path):
+    from scenario import load
+
+    cfg = BridgeConfig.from_scenario(load("homes3"), run="r1")
+    assert [a.id for a in cfg.actuators] == ["home01/bulb", "home03/plug"]
+    bulb, plug = cfg.actuators
+    assert bulb.window == (68, 92) and bulb.rated_kw == 0.06 and bulb.on_hours == 4
+    assert (bulb.protocol, bulb.address, plug.protocol) == ("tasmota", "home01_bulb",
+                                                            "zigbee2mqtt")
     cfg.save(tmp_path / "b.json")
     assert BridgeConfig.load(tmp_path / "b.json") == cfg
-    with pytest.raises(ValueError, match="protocol"):
-        Actuator("h", "c", "hue", "x")
-    with pytest.raises(ValueError, match="wildcards"):
-        Actuator("h", "c", "tasmota", "a/#")
+    (tmp_path / "bad.json").write_text(json.dumps(
+        {**cfg.to_dict(), "actuators": [{**bulb.to_dict(), "convention": {"protocol": "hue"}}]}))
+    with pytest.raises(ValueError, match="home01.bulb"):  # an unknown protocol is an error
+        BridgeConfig.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError):
+        Tasmota(topic="a/#")
 
 
 # -- against the brokers ------------------------------------------------------------------
@@ -252,7 +254,7 @@ def test_ha_discovery_retained_and_valid(broker, tmp_path):
         assert c["availability"][0]["topic"] and c["device"]["identifiers"]
         if "/sensor/" in topic:
             assert c["unit_of_measurement"] == "kW" and c["device_class"] == "power"
-        else:
+        elif c.get("schema") != "json":  # a JSON-schema light sends {"state": ...} itself
             assert c["command_topic"] and c["payload_on"] and c["payload_off"]
     assert len({c["unique_id"] for c in ha.values()}) == len(ha)
     bulb = ha["homeassistant/light/ecl_home01/bulb/config"]
@@ -260,8 +262,12 @@ def test_ha_discovery_retained_and_valid(broker, tmp_path):
     assert bulb["availability"][0]["payload_available"] == "Online"
     lamp = ha["homeassistant/light/ecl_home02/lamp/config"]
     assert lamp["command_topic"] == "zigbee2mqtt/home02 lamp/set"
-    assert json.loads(lamp["payload_on"]) == {"state": "ON"}
-    assert lamp["state_value_template"] == "{{ value_json.state }}"
+    # Zigbee2MQTT's own JSON schema: HA reads {"state": "ON"} and writes it back, so the
+    # entity shows the lamp's state (a plain light compared "ON" to '{"state":"ON"}')
+    assert lamp["schema"] == "json" and "payload_on" not in lamp
+    # availability from the Zigbee2MQTT bridge, which always reports (device availability is
+    # off by default in Zigbee2MQTT)
+    assert lamp["availability"][0]["topic"] == "zigbee2mqtt/bridge/state"
     out = io.StringIO()
     assert watch(broker.url, ("homeassistant/#",), out=out, duration=3, max_messages=6,
                  width=0) == 6
@@ -452,16 +458,21 @@ def test_process_entry_points(tmp_path):
 
 
 def test_topic_parsers_reject_garbage():
-    t, z = ACTS[0], ACTS[2]
-    assert tp.parse_state(t, b"ON") and not tp.parse_state(t, b"off")
-    assert tp.parse_state(z, b'{"state":"ON","linkquality":3}')
-    assert tp.parse_availability(z, b"online")
-    assert not tp.parse_availability(z, b'{"state":"offline"}')
-    for act, payload in [(t, b"1"), (t, b"\xff"), (z, b"ON"), (z, b'{"state":null}'),
-                         (z, b"[]")]:
-        with pytest.raises(tp.MalformedPayload):
-            tp.parse_state(act, payload)
-    assert tp.command(z, False) == ("zigbee2mqtt/home02 lamp/set", '{"state":"OFF"}')
+    t, z = ACTS[0].convention, ACTS[2].convention
+    assert t.parse_report("stat/home01_bulb/POWER", b"ON").state is True
+    assert t.parse_report("stat/home01_bulb/POWER", b"off").state is False
+    assert z.parse_report("zigbee2mqtt/home02 lamp", b'{"state":"ON","linkquality":3}').state
+    assert z.parse_report("zigbee2mqtt/home02 lamp/availability", b"online").online is True
+    assert z.parse_report("zigbee2mqtt/home02 lamp/availability",
+                          b'{"state":"offline"}').online is False
+    for conv, topic, payload in [
+            (t, "stat/home01_bulb/POWER", b"1"), (t, "stat/home01_bulb/POWER", b"\xff"),
+            (z, "zigbee2mqtt/home02 lamp", b"ON"), (z, "zigbee2mqtt/home02 lamp",
+                                                     b'{"state":null}'),
+            (z, "zigbee2mqtt/home02 lamp", b"[]")]:
+        with pytest.raises(MalformedPayload):
+            conv.parse_report(topic, payload)
+    assert tp.command(ACTS[2], False) == ("zigbee2mqtt/home02 lamp/set", '{"state":"OFF"}')
 
 
 def test_realtime_starts_at_the_current_slot(tmp_path):

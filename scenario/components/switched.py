@@ -2,60 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
+from conventions import Actuator
 from scenario.components.base import Component, Model
 from scenario.components.deferrable import energy_in_window, window_hours
-from scenario.errors import Expect, fail
-from scenario.fields import MQTT_NAME_PATTERN, Window, param
+from scenario.errors import fail
+from scenario.fields import Window, param
 from scenario.horizon import Horizon
-
-MqttName = Annotated[str, Field(pattern=MQTT_NAME_PATTERN),
-                     Expect("an MQTT-safe name ([A-Za-z0-9_/-], no wildcards)")]
-
-
-class _Actuator(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    real: bool = Field(False, description="a real device (the lab runs no emulator for it)")
-
-
-class TasmotaActuator(_Actuator):
-    """A Tasmota relay, addressed by its topic."""
-
-    protocol: Literal["tasmota"] = "tasmota"
-    topic: MqttName = Field(description="the device's Tasmota topic")
-
-    @property
-    def address(self) -> str:
-        return self.topic
-
-
-class Zigbee2MqttActuator(_Actuator):
-    """A Zigbee device behind Zigbee2MQTT, addressed by its friendly name."""
-
-    protocol: Literal["zigbee2mqtt"] = "zigbee2mqtt"
-    name: MqttName = Field(description="the device's Zigbee2MQTT friendly name")
-
-    @field_validator("name")
-    @classmethod
-    def _not_a_verb(cls, v: str) -> str:
-        # Zigbee2MQTT reads <base>/<name>/set and /get, and /<n> as an endpoint
-        last = v.rsplit("/", 1)[-1]
-        if last in ("set", "get", "availability") or last.isdigit():
-            fail("a friendly name whose last level is not set, get, availability or a "
-                 "number (Zigbee2MQTT reads those as commands or endpoints)", v)
-        return v
-
-    @property
-    def address(self) -> str:
-        return self.name
-
-
-Actuator = Annotated[TasmotaActuator | Zigbee2MqttActuator, Field(discriminator="protocol")]
 
 
 class Switched(Component):
@@ -63,13 +20,16 @@ class Switched(Component):
     the window [first, end). The scheduled quantity is its convex relaxation: 0 <= p_t <= P on
     the window (0 outside) and Δ Σ_t p_t = P * on_hours. The on/off plan is derived later from
     p by one deterministic rule (mqtt_bridge.plan). No cost of its own. An optional MQTT
-    actuator (Tasmota topic or Zigbee2MQTT name) switches it during the playback."""
+    actuator, in any convention of the `conventions` registry (Tasmota, Zigbee2MQTT, Shelly
+    Gen2), switches it during the playback."""
 
     type: Literal["switched"] = "switched"
     rated_kw: float = param(doc="power when on", unit="kW", gt=0)
     on_hours: float = param(doc="time on inside the window", unit="h", ge=0)
     window: Window = param(doc="[first_slot, end_slot) it may be on in")
-    actuator: Actuator | None = Field(None, description="the MQTT device that switches it")
+    actuator: Actuator | None = Field(None, description="the MQTT device that switches it: "
+                                      "{protocol: tasmota|zigbee2mqtt|shelly, ...} "
+                                      "(conventions/)")
 
     def check(self, h: Horizon) -> None:
         hours = window_hours(self.window, h)
