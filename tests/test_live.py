@@ -213,3 +213,42 @@ def test_live_page_follows_a_homes3_run(runs, tmp_path):
         final["resources"]
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 20_000
+
+
+def test_page_is_self_contained_and_streams_a_snapshot(tmp_path):
+    """The server alone, on a run folder with nothing in it yet: it binds loopback, writes
+    RUN/live/url, serves the page and its assets from the repo (no http(s) reference leaves
+    the lab), and an event stream starts with the whole state; SIGTERM stops it."""
+    import re
+    import signal
+    import urllib.request
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "lab.live", "--run-dir", str(run_dir)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url_file = run_dir / "live" / "url"
+        deadline = time.monotonic() + 30
+        while not url_file.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        url = url_file.read_text().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url)
+        html = urllib.request.urlopen(url, timeout=10).read().decode()
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and all(a.startswith("/static/") for a in assets), assets
+        for a in assets:
+            body = urllib.request.urlopen(url + a[1:], timeout=10).read()
+            assert len(body) > 100, a
+            assert not re.search(rb"""(?:src|href)=["']https?://""", body), a
+        with urllib.request.urlopen(url + "events", timeout=10) as ev:
+            assert ev.headers["Content-Type"].startswith("text/event-stream")
+            assert ev.readline() == b"event: snapshot\n"
+            snap = json.loads(ev.readline().removeprefix(b"data: "))
+        assert snap["rounds"] == [] and snap["run"]["name"] == "run"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
