@@ -13,6 +13,7 @@ import base64
 import itertools
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -213,6 +214,9 @@ def test_live_page_follows_a_homes3_run(runs, tmp_path):
         final["resources"]
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 20_000
+    # stopped with the lab: its port no longer answers
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", int(url.rstrip("/").rsplit(":", 1)[1]))) != 0
 
 
 def test_page_is_self_contained_and_streams_a_snapshot(tmp_path):
