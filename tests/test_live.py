@@ -85,12 +85,17 @@ class Chromium:
             page = next(t for t in json.load(r) if t["type"] == "page")
         self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
         self.ids = itertools.count(1)
+        self.exceptions: list[str] = []  # uncaught errors of the page's scripts
+        self.call("Runtime.enable")
 
     def call(self, method: str, **params) -> dict:
         mid = next(self.ids)
         self.ws.send(json.dumps({"id": mid, "method": method, "params": params}))
         while True:  # skip events until our answer
             msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("method") == "Runtime.exceptionThrown":
+                self.exceptions.append(msg["params"]["exceptionDetails"].get(
+                    "exception", {}).get("description", str(msg["params"])))
             if msg.get("id") == mid:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
@@ -166,6 +171,7 @@ def test_live_page_follows_a_homes3_run(runs, tmp_path):
                     browser.screenshot(shot)  # mid-playback: a bulb has switched
             time.sleep(0.2)
         samples.append(browser.evaluate(SAMPLE_JS))  # the server is gone; the page stays
+        page_errors = list(browser.exceptions)
         out, _ = lab.communicate(timeout=60)
     finally:
         if browser is not None:
@@ -181,6 +187,7 @@ def test_live_page_follows_a_homes3_run(runs, tmp_path):
     bridge = json.loads((res / "bridge.json").read_text())
     final = samples[-1]
 
+    assert not page_errors, page_errors
     # the round counter advances and the residual chart grows, as rounds close
     counts = [s["rounds"] for s in samples]
     points = [s["points"] for s in samples]
