@@ -138,6 +138,19 @@ class Lab:
             self.supervisor.python(f"devices-{node}", "device_node", args, self.run.logs,
                                    restart=True)
 
+    def start_live(self, timeout_s: float = 15.0) -> None:
+        """The live page (lab/live.py), a loopback web server that reads the run folder,
+        the chain and the bridge's MQTT status; its URL is printed and kept in RUN/live/url."""
+        from lab.live import url_file
+
+        child = self.supervisor.python("live", "lab.live", ["--run-dir", self.run.path],
+                                       self.run.logs, restart=True)
+        f, deadline = url_file(self.run.path), time.monotonic() + timeout_s
+        while not f.exists() and child.alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.say(f"live page {f.read_text().strip()}" if f.exists()
+                 else f"live page did not start; see {self.run.logs / 'live.log'}")
+
     # -- MQTT: broker, emulated devices, bridge ------------------------------------------
 
     def start_mqtt(self, linger: bool) -> None:
@@ -364,6 +377,7 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True,
     t0 = time.monotonic()
     try:
         lab.say(f"run folder {run.path}")
+        lab.start_live()
         lab.prepare()
         lab.start_chain()
         lab.deploy()
