@@ -338,7 +338,7 @@ class BridgeFollower:
         from mqtt_bridge.broker import parse_url
         from mqtt_bridge.mqttc import make_client
 
-        url_file = self.run_dir / "broker" / "url"
+        url_file = self.run_dir / "broker" / "url"  # written when the broker is up
         cfg = _read_json(self.run_dir / "bridge.json", self.stop)
         if cfg is None or not _wait_file(url_file, self.stop):
             return
@@ -352,8 +352,11 @@ class BridgeFollower:
                                       "real": a.get("real", False)} for a in acts])
         self.status_topic = tp.lab_status(run)
         self.plan_prefix = tp.lab_plan(run, "")
-        host, port = parse_url(url_file.read_text().strip())
-        c = make_client(f"lab-live-{run}-{int(time.time() * 1e3) % 100000}")
+        from mqtt_bridge.auth import role_url
+
+        url = role_url(self.run_dir, "observer") or url_file.read_text().strip()
+        host, port = parse_url(url)
+        c = make_client(f"lab-live-{run}-{int(time.time() * 1e3) % 100000}", url)
         c.on_connect = lambda cl, *_: cl.subscribe(
             [(self.status_topic, 1), (self.plan_prefix + "#", 1)])
         c.on_message = self._on_message

@@ -157,23 +157,32 @@ class Lab:
         """Broker (or MQTT_URL), the emulators of every non-real actuator, and the bridge.
         The bridge reads the day from the chain through the signer's node and waits for
         finalization; it publishes the lab's status meanwhile."""
+        from mqtt_bridge.auth import plan_users
         from mqtt_bridge.broker import MqttBroker
         from mqtt_bridge.config import BridgeConfig
 
-        self.broker = MqttBroker.from_env(self.run.path)
-        self.mqtt_url = self.broker.start()
-        if self.broker.pid:
-            self.run.record_pid("broker", self.broker.pid)
         self.bridge_config = BridgeConfig.from_scenario(self.scenario, self.run.path.name)
         cfg = self.run.path / "bridge.json"
         self.bridge_config.save(cfg)
-        common = ["--url", self.mqtt_url, "--config", cfg, "--run-dir", self.run.path]
+        # per-run credentials and ACLs: each process may touch only its own topics
+        self.broker = MqttBroker.from_env(self.run.path,
+                                          users=plan_users(self.bridge_config))
+        self.mqtt_url = self.broker.start()
+        if self.broker.pid:
+            self.run.record_pid("broker", self.broker.pid)
+        keys = self.broker.dir
+        bridge_url = f"@{keys / 'bridge.url'}" if self.broker.authenticated else self.mqtt_url
+        self.bridge_mqtt_url = (keys / "bridge.url").read_text().strip() \
+            if self.broker.authenticated else self.mqtt_url
+        common = ["--config", cfg, "--run-dir", self.run.path]
         if any(not a.real for a in self.bridge_config.actuators):
-            self.supervisor.python("emulators", "mqtt_bridge", ["emulator", *common],
+            # the plain URL: each emulator reads its own credentials from the run folder
+            self.supervisor.python("emulators", "mqtt_bridge",
+                                   ["emulator", "--url", self.mqtt_url, *common],
                                    self.run.logs, restart=True)
         self.supervisor.python(
             "bridge", "mqtt_bridge",
-            ["bridge", *common, "--node", self.network.signers()[0],
+            ["bridge", "--url", bridge_url, *common, "--node", self.network.signers()[0],
              "--linger", "-1" if linger else "0"], self.run.logs, restart=True)
         self.say(f"mqtt: {self.broker.kind} broker at {self.mqtt_url}, "
                  f"{len(self.bridge_config.actuators)} actuators; `make watch` to follow")
@@ -334,7 +343,7 @@ class Lab:
     def stop(self) -> None:
         self.supervisor.stop_all()
         if getattr(self, "broker", None) is not None:
-            _clear_retained(self.mqtt_url, self.run.path)
+            _clear_retained(self.bridge_mqtt_url, self.run.path)
             self.broker.stop()
         if self.network is not None:
             self.network.stop()
@@ -493,6 +502,8 @@ def down() -> int:
     run_dir = Path(info["run"])
     if os.environ.get("MQTT_URL"):  # an external broker outlives the lab: clear what we left
         _clear_retained(os.environ["MQTT_URL"], run_dir)
+    elif (run_dir / "broker" / "bridge.url").exists():  # ours, if it still runs
+        _clear_retained((run_dir / "broker" / "bridge.url").read_text().strip(), run_dir)
     if (run_dir / "docker-compose.yml").exists():
         from lab.compose import ComposeProject
 

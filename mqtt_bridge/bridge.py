@@ -43,7 +43,7 @@ import paho.mqtt.client as mqtt
 from mqtt_bridge import topics as tp
 from mqtt_bridge.broker import parse_url
 from mqtt_bridge.config import Actuator, BridgeConfig
-from mqtt_bridge.mqttc import make_client
+from mqtt_bridge.mqttc import make_client, resolve_url
 from mqtt_bridge.plan import pack_plan
 from mqtt_bridge.source import ScheduleSource, StaticSource
 
@@ -105,7 +105,7 @@ class Bridge:
         self.counts = {"commands": 0, "acks": 0, "retries": 0, "resyncs": 0,
                        "malformed": 0, "reconnects": 0, "gave_up": 0}
         self.problems: list[str] = []             # human-readable log of what went wrong
-        self.client = make_client(f"lab-bridge-{config.run}-{uuid.uuid4().hex[:6]}")
+        self.client = make_client(f"lab-bridge-{config.run}-{uuid.uuid4().hex[:6]}", url)
         self.client.will_set(tp.lab_bridge(config.run), tp.BRIDGE_OFFLINE, qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -494,7 +494,8 @@ class Bridge:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m mqtt_bridge.bridge",
                                  description="Play a finalized schedule to MQTT devices.")
-    ap.add_argument("--url", required=True, help="mqtt://host:port")
+    ap.add_argument("--url", required=True, help="mqtt[s]://[user:pass@]host:port, or @FILE "
+                    "holding it")
     ap.add_argument("--config", type=Path, required=True, help="bridge config JSON")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--source", type=Path, help="static source JSON (a saved day)")
@@ -513,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
         source: ScheduleSource = ChainSource(args.run_dir, args.node, config)
     else:
         source = StaticSource.load(args.source)
-    run_bridge(config, source, args.url,
+    run_bridge(config, source, resolve_url(args.url),
                args.run_dir, ack_timeout=args.ack_timeout, max_attempts=args.max_attempts,
                linger=None if args.linger < 0 else args.linger)
 

@@ -3,7 +3,7 @@
 `MqttBroker.from_env(run_dir)` honours `MQTT_URL=mqtt://host:port`: the lab then uses that
 broker and starts nothing. Otherwise the broker listens on loopback on a free port, with its
 files in `<run_dir>/broker/`:
-    mosquitto.conf   (mosquitto) listener, anonymous access, persistence in this folder, so
+    mosquitto.conf   (mosquitto) listener, access, persistence in this folder, so
                      retained messages survive a restart
     broker.pid       pid of the running broker process
     broker.log       its log
@@ -24,7 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
+
+from mqtt_bridge.mqttc import parse_url
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -40,14 +41,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def parse_url(url: str) -> tuple[str, int]:
-    """(host, port) of `mqtt://host:port` (port defaults to 1883)."""
-    u = urlparse(url)
-    if u.scheme not in ("mqtt", "tcp") or not u.hostname:
-        raise ValueError(f"MQTT URL {url!r}: expected mqtt://host:port")
-    return u.hostname, u.port or 1883
 
 
 def wait_port(host: str, port: int, timeout: float) -> bool:
@@ -69,8 +62,12 @@ class MqttBroker:
     """Start/stop/restart one broker. kind: "mosquitto", "amqtt", "external" or "auto"."""
 
     def __init__(self, run_dir: Path, kind: str = "auto", port: int | None = None,
-                 host: str = "127.0.0.1", url: str | None = None) -> None:
+                 host: str = "127.0.0.1", url: str | None = None,
+                 users: dict | None = None) -> None:
+        """users: mqtt_bridge.auth.plan_users(...) to require credentials and enforce ACLs
+        (mosquitto); None: anonymous on loopback (tests, and the amqtt fallback)."""
         self.dir = Path(run_dir) / "broker"
+        self.users = users
         if url:
             kind = "external"
         elif kind == "auto":
@@ -85,8 +82,9 @@ class MqttBroker:
         self.proc: subprocess.Popen | None = None
 
     @classmethod
-    def from_env(cls, run_dir: Path, kind: str = "auto") -> MqttBroker:
-        return cls(run_dir, kind=kind, url=os.environ.get("MQTT_URL") or None)
+    def from_env(cls, run_dir: Path, kind: str = "auto", users: dict | None = None
+                 ) -> MqttBroker:
+        return cls(run_dir, kind=kind, url=os.environ.get("MQTT_URL") or None, users=users)
 
     @property
     def url(self) -> str:
@@ -99,13 +97,26 @@ class MqttBroker:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether clients need credentials (mosquitto with users)."""
+        return bool(self.users) and self.kind == "mosquitto"
+
     def _command(self) -> list[str]:
         if self.kind == "mosquitto":
             exe = find_mosquitto()
             if not exe:
                 raise BrokerError("mosquitto is not installed")
             conf = self.dir / "mosquitto.conf"
-            lines = [f"listener {self.port} {self.host}", "allow_anonymous true",
+            if self.users:
+                from mqtt_bridge.auth import write_mosquitto
+
+                passwd, acl = write_mosquitto(self.dir, self.users)
+                access = ["allow_anonymous false", f"password_file {passwd}",
+                          f"acl_file {acl}"]
+            else:
+                access = ["allow_anonymous true"]
+            lines = [f"listener {self.port} {self.host}", *access,
                      "persistence true", f"persistence_location {self.dir}/",
                      "autosave_interval 30", "set_tcp_nodelay true", "log_type error",
                      "log_type warning", "log_type notice", "log_timestamp true"]
@@ -132,6 +143,10 @@ class MqttBroker:
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         (self.dir / "broker.pid").write_text(f"{self.proc.pid}\n")
         (self.dir / "url").write_text(self.url + "\n")
+        if self.users and self.kind == "mosquitto":
+            from mqtt_bridge.auth import write_urls
+
+            write_urls(self.dir, self.url, self.users)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

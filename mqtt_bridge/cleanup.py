@@ -54,7 +54,7 @@ def clear_retained(url: str, cfg: BridgeConfig, timeout: float = 10.0) -> list[s
     def on_subscribe(c: mqtt.Client, *args: Any) -> None:
         c.publish(marker, "x", qos=1)
 
-    client = make_client(f"lab-cleanup-{uuid.uuid4().hex[:6]}")
+    client = make_client(f"lab-cleanup-{uuid.uuid4().hex[:6]}", url)
     client.on_message = on_message
     client.on_subscribe = on_subscribe
     client.on_connect = lambda c, *a: c.subscribe(

@@ -34,9 +34,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from conventions import MalformedPayload, Message
+from mqtt_bridge.auth import emulator_urls
 from mqtt_bridge.broker import parse_url
 from mqtt_bridge.config import Actuator, BridgeConfig
-from mqtt_bridge.mqttc import make_client
+from mqtt_bridge.mqttc import make_client, resolve_url
 
 log = logging.getLogger("mqtt_bridge.emulator")
 
@@ -53,6 +54,7 @@ class Emulator:
                  record: Callable[[dict[str, Any]], None] | None = None,
                  keepalive: int = 5) -> None:
         self.act = act
+        self.url = url
         self.host, self.port = parse_url(url)
         self.state = bool(initial)
         self.stuck = False            # True: the relay ignores commands (a failed device)
@@ -68,7 +70,7 @@ class Emulator:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
         """Connect (the device comes online) and wait for the broker's CONNACK."""
-        c = make_client(f"emu-{self.act.protocol}-{uuid.uuid4().hex[:8]}")
+        c = make_client(f"emu-{self.act.protocol}-{uuid.uuid4().hex[:8]}", self.url)
         w = self.conv.will()
         c.will_set(w.topic, w.payload, qos=1, retain=w.retain)
         c.on_connect = self._on_connect
@@ -176,7 +178,9 @@ class EmulatorHost:
 
     def __init__(self, actuators: Iterable[Actuator], url: str,
                  run_dir: Path | None = None) -> None:
-        self.emulators = {a.id: Emulator(a, url, record=self._write)
+        # each device its own credentials when the lab's broker has them (mqtt_bridge.auth)
+        self._urls = emulator_urls(run_dir)
+        self.emulators = {a.id: Emulator(a, self._urls.get(a.id, url), record=self._write)
                           for a in actuators if not a.real}
         self.url = url
         # one emulated gateway (Zigbee2MQTT's bridge) per distinct gateway topic
@@ -207,8 +211,9 @@ class EmulatorHost:
             e.start(timeout)
 
     def _start_gateway(self, online: Message, will: Message, timeout: float) -> mqtt.Client:
-        host, port = parse_url(self.url)
-        c = make_client(f"emu-gateway-{uuid.uuid4().hex[:8]}")
+        url = self._urls.get(online.topic, self.url)
+        host, port = parse_url(url)
+        c = make_client(f"emu-gateway-{uuid.uuid4().hex[:8]}", url)
         c.will_set(will.topic, will.payload, qos=1, retain=will.retain)
         up = threading.Event()
 
@@ -303,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = BridgeConfig.load(args.config)
-    host = EmulatorHost(cfg.actuators, args.url, args.run_dir)
+    host = EmulatorHost(cfg.actuators, resolve_url(args.url), args.run_dir)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

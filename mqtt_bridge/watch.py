@@ -21,7 +21,7 @@ from typing import TextIO
 import paho.mqtt.client as mqtt
 
 from mqtt_bridge.broker import parse_url
-from mqtt_bridge.mqttc import make_client
+from mqtt_bridge.mqttc import hide, make_client, resolve_url
 
 DEFAULT_TOPICS = ("lab/#", "cmnd/#", "stat/#", "tele/#", "zigbee2mqtt/#", "homeassistant/#",
                   "+/rpc", "+/events/rpc", "+/online")  # the last three: Shelly Gen2
@@ -59,7 +59,7 @@ def watch(url: str, topics: tuple[str, ...] = DEFAULT_TOPICS, out: TextIO = sys.
         if max_messages and count >= max_messages:
             done.set()
 
-    c = make_client()
+    c = make_client(url=url)
     c.on_connect = on_connect
     c.on_message = on_message
     c.reconnect_delay_set(0.2, 2)
@@ -82,8 +82,9 @@ def default_url(run_dir: Path | None = None) -> str:
         Path(os.environ.get("LAB_RUNS", "runs")).glob("*/broker/url"),
         key=lambda p: p.stat().st_mtime)
     for p in reversed(candidates):
-        if p.exists():
-            return p.read_text().strip()
+        if p.exists():  # the read-only observer's URL when the broker has credentials
+            observer = p.with_name("observer.url")
+            return (observer if observer.exists() else p).read_text().strip()
     raise SystemExit("watch: no broker found; pass --url, set MQTT_URL or start a lab")
 
 
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--topic", action="append", help="topic filter (repeatable)")
     ap.add_argument("--width", type=int, default=160, help="cut payloads (0: never)")
     args = ap.parse_args(argv)
-    url = args.url or default_url(args.run_dir)
-    print(f"watching {url} (Ctrl-C to stop)", file=sys.stderr)
+    url = resolve_url(args.url) if args.url else default_url(args.run_dir)
+    print(f"watching {hide(url)} (Ctrl-C to stop)", file=sys.stderr)
     watch(url, tuple(args.topic) if args.topic else DEFAULT_TOPICS, width=args.width)
 
 

@@ -108,6 +108,11 @@ def test_homes3_end_to_end(runs):
     assert all(r["gas"] > 0 for r in history)
     run_dir = res.parent
     _assert_nothing_left(run_dir)
+    # the broker wanted credentials, and the run's secrets are its own user's alone
+    conf = (run_dir / "broker" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "acl_file" in conf
+    for f in ("passwd", "acl", "bridge.url", "observer.url", "emulators.json"):
+        assert (run_dir / "broker" / f).stat().st_mode & 0o777 == 0o600, f
     # the run replays from the chain alone (its chain is resumed from the run folder)
     ver = subprocess.run(lab_cmd("verify", str(run_dir)), capture_output=True, text=True,
                          timeout=300, env=_env(), cwd=REPO)
