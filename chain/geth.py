@@ -96,12 +96,16 @@ def node_command(geth: Path, spec: NodeSpec, network_id: int = CHAIN_ID,
         # and anyone can read the contract at any past block.
         "--gcmode", "archive", "--state.scheme", "hash",
         "--cache", "128",
-        "--port", str(spec.p2p_port),
+        # the p2p port from the config's ListenAddr (its address: loopback, or the compose
+        # network's), else --port (every interface)
+        *([] if spec.config is not None else ["--port", str(spec.p2p_port)]),
         "--nodiscover", "--nat", "none", "--maxpeers", str(spec.maxpeers),
         "--http", "--http.addr", spec.addr, "--http.port", str(spec.http_port),
-        "--http.api", apis, "--http.vhosts", "*",
+        # Host and Origin checks: a web page in the user's browser cannot reach the node by
+        # DNS rebinding or a cross-origin WebSocket (clients without an Origin still can)
+        "--http.api", apis, "--http.vhosts", "localhost,127.0.0.1",
         "--ws", "--ws.addr", spec.addr, "--ws.port", str(spec.ws_port),
-        "--ws.api", apis, "--ws.origins", "*",
+        "--ws.api", apis, "--ws.origins", "localhost,127.0.0.1",
         "--authrpc.addr", "127.0.0.1", "--authrpc.port", str(spec.authrpc_port),
         "--ipcdisable",  # unix socket paths are limited to ~108 chars; we use HTTP/WS
         "--miner.gasprice", str(MIN_TIP_WEI),
@@ -127,11 +131,15 @@ def node_command(geth: Path, spec: NodeSpec, network_id: int = CHAIN_ID,
     return cmd
 
 
-def static_nodes_toml(static: list[str], trusted: list[str], dial_ratio: int = 0) -> str:
+def static_nodes_toml(static: list[str], trusted: list[str], dial_ratio: int = 0,
+                      listen: str | None = None) -> str:
     """A --config TOML peering a node with ``static`` (dialed) and ``trusted`` enodes.
-    dial_ratio 1 lets a node dial up to --maxpeers peers (geth's default 3 allows a third)."""
+    dial_ratio 1 lets a node dial up to --maxpeers peers (geth's default 3 allows a third).
+    listen: the p2p listen address (host:port); geth's --port would listen on every
+    interface, and --port given on the command line overrides the file's ListenAddr."""
     def arr(xs: list[str]) -> str:
         return "[" + ", ".join(f'"{x}"' for x in xs) + "]"
     ratio = f"DialRatio = {dial_ratio}\n" if dial_ratio else ""
+    addr = f'ListenAddr = "{listen}"\n' if listen else ""
     return (f"[Node.P2P]\nStaticNodes = {arr(static)}\nTrustedNodes = {arr(trusted)}\n"
-            + ratio)
+            + ratio + addr)

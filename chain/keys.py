@@ -56,9 +56,9 @@ def password_path(keystore: str | Path) -> Path:
     return Path(keystore).with_suffix(".pass")
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write ``text`` to a new file created with mode 0600 (no window with wider access)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -70,7 +70,7 @@ def _ensure_hex_key(path: Path) -> LocalAccount:
     if path.exists():
         return load_account(path)
     acct = Account.create()
-    _write_private(path, "0x" + bytes(acct.key).hex() + "\n")
+    write_private(path, "0x" + bytes(acct.key).hex() + "\n")
     return acct
 
 
@@ -96,8 +96,8 @@ def ensure_signer(run_dir: str | Path, name: str) -> LocalAccount:
     acct = Account.create()
     password = secrets.token_hex(16)
     keystore = Account.encrypt(acct.key, password, kdf="scrypt", iterations=_SCRYPT_N)
-    _write_private(password_path(path), password)
-    _write_private(path, json.dumps(keystore))
+    write_private(password_path(path), password)
+    write_private(path, json.dumps(keystore))
     return acct
 
 

@@ -309,8 +309,9 @@ class Network:
         for name in all_names:
             datadir = chain_dir / "nodes" / name
             (datadir / "geth").mkdir(parents=True, exist_ok=True)
+            datadir.chmod(0o700)  # its node key and, for a signer, its keystore
             nodekey = eth_keys.PrivateKey(secrets.token_bytes(32))
-            (datadir / "geth" / "nodekey").write_text(nodekey.to_bytes().hex())
+            keys.write_private(datadir / "geth" / "nodekey", nodekey.to_bytes().hex())
             p2p, http, ws, auth = (next(ports) for _ in range(4))
             acct = signer_accts.get(name)
             addr = host(name) if host else "127.0.0.1"
@@ -322,9 +323,8 @@ class Network:
                 log=str(run_dir / "logs" / f"geth-{name}.log"), host=addr,
             )
             if acct:  # geth --unlock finds the key in the datadir's keystore
-                (datadir / "keystore").mkdir(exist_ok=True)
-                (datadir / "keystore" / f"{name}.json").write_text(
-                    keys.signer_path(run_dir, name).read_text())
+                keys.write_private(datadir / "keystore" / f"{name}.json",
+                                   keys.signer_path(run_dir, name).read_text())
         _link(nodes, signer_names, member_names)
         for n in nodes.values():
             # Members dial the signers; signers dial each other; signers and members are told
@@ -334,7 +334,8 @@ class Network:
             static = [nodes[m].enode for m in n.neighbours
                       if nodes[m].role == SIGNER or (dial_members and n.role == MEMBER)]
             (chain_dir / "nodes" / n.name / "config.toml").write_text(
-                static_nodes_toml(static, trusted, dial_ratio=1 if n.role == MEMBER else 0))
+                static_nodes_toml(static, trusted, dial_ratio=1 if n.role == MEMBER else 0,
+                                  listen=f"{n.host}:{n.p2p_port}"))
         net = cls(run_dir, nodes, period, die_with_parent, extra)
         net._save()
         return net

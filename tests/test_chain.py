@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -80,6 +81,45 @@ def test_genesis_clique_london():
 
 # ---- real networks ----------------------------------------------------------------------
 
+def _listeners(port: int) -> set[str]:
+    """Local addresses listening on TCP `port` (from /proc/net/tcp, IPv4, and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.rsplit(":", 1)
+            if state == "0A" and int(p, 16) == port:  # 0A: LISTEN
+                found.add(addr)
+    return found
+
+
+def _assert_not_exposed(net: Network) -> None:
+    """p2p on loopback only; RPC refuses a foreign Host or Origin (a web page's DNS
+    rebinding or cross-origin WebSocket); keys and datadirs private to the user."""
+    import urllib.error
+    import urllib.request
+
+    import websockets.sync.client as wsc
+
+    for name, info in net.nodes.items():
+        assert _listeners(info.p2p_port) == {"0100007F"}, name  # 127.0.0.1 only
+        body = b'{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'
+        req = urllib.request.Request(info.http_url, body, {
+            "Content-Type": "application/json", "Host": "evil.example"})
+        with pytest.raises(urllib.error.HTTPError) as ei:
+            urllib.request.urlopen(req, timeout=10)
+        assert ei.value.code == 403, name
+        with pytest.raises(Exception, match="403"):
+            wsc.connect(info.ws_url, origin="http://evil.example", open_timeout=10)
+        with wsc.connect(info.ws_url, open_timeout=10) as ws:  # a local client: allowed
+            ws.send(body.decode())
+            assert "result" in ws.recv(timeout=10)
+        datadir = Path(info.datadir)
+        assert datadir.stat().st_mode & 0o777 == 0o700, name
+        for f in [datadir / "geth" / "nodekey", *datadir.glob("keystore/*")]:
+            assert f.stat().st_mode & 0o777 == 0o600, f
+
+
 def test_network_one_signer_three_members(tmp_path):
     check_geth()
     sender = keys.ensure_device(tmp_path, "dev0")
@@ -99,6 +139,7 @@ def test_network_one_signer_three_members(tmp_path):
             assert net.nodes["signer0"].enode.split("@")[0] in peers
         heads = {net.w3(n).eth.get_block("latest")["hash"] for n in net.nodes}
         assert len(heads) == 1
+        _assert_not_exposed(net)
         # a transfer sent through member0 is mined and seen on every node
         w3 = net.w3("member0")
         base = w3.eth.get_block("latest")["baseFeePerGas"]
