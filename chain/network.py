@@ -73,6 +73,7 @@ from chain.geth import (
     node_command,
     static_nodes_toml,
 )
+from chain.processes import terminate
 
 SIGNER = "signer"
 MEMBER = "member"
@@ -176,15 +177,7 @@ def _is_our_geth(pid: int | None, datadir: str) -> psutil.Process | None:
 
 
 def _terminate(procs: Sequence[psutil.Process], timeout: float = 15.0) -> None:
-    """SIGTERM (geth flushes and exits), then SIGKILL what is left; wait for all."""
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(alive, timeout=5)
+    terminate(procs, timeout)  # geth flushes its state on SIGTERM: give it time
 
 
 def stop_run(run_dir: str | Path) -> int:

@@ -31,9 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # clear one-line errors for expected failures
         from aggregator_contract.limits import ScaleError
+        from lab.runtimes import RuntimeUnavailable
         from scenario import ScenarioError
 
-        if isinstance(e, ScenarioError | ScaleError):
+        if isinstance(e, ScenarioError | ScaleError | RuntimeUnavailable) or (
+                isinstance(e, ValueError) and str(e).startswith("RUNTIME=")):
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise

@@ -15,9 +15,9 @@ def add_commands(sub) -> None:
                            ("run", "run the lab once; last stdout line is a JSON summary")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("scenario")
-        p.add_argument("--runtime", choices=("local", "compose"), default=None,
-                       help="where processes run (default: compose when a Docker engine "
-                       "answers, else local)")
+        p.add_argument("--runtime", default=None,
+                       help="where processes run: local | compose (lab/runtimes.py; default: "
+                       "compose when a Docker engine answers, else local)")
         p.add_argument("--no-compare", action="store_true",
                        help="skip the in-process ADMM comparison (gap_vs_inprocess)")
         p.set_defaults(func=_cmd_up if name == "up" else _cmd_run)

@@ -55,8 +55,9 @@ from typing import Any
 import yaml
 
 from chain import keys
-from chain.geth import NodeSpec, node_command
+from chain.geth import NodeSpec, init_command, node_command
 from chain.network import MEMBER, SIGNER, Network, NodeInfo, advance_head, max_peers, rpc
+from chain.processes import terminate
 
 LABEL = "energy-chain-lab.run"
 IN = Path("/lab")  # the run folder's path inside containers
@@ -69,18 +70,6 @@ class ComposeError(RuntimeError):
 
 
 # -- which runtime -----------------------------------------------------------------------
-
-
-def detect_runtime(requested: str | None) -> str:
-    """"local" or "compose". requested (RUNTIME=, --runtime) wins; otherwise compose when a
-    Docker engine answers (`docker info`) and a compose CLI is installed, else local."""
-    from lab.images import engine_answers
-
-    if requested:
-        if requested not in ("local", "compose"):
-            raise ValueError(f"RUNTIME={requested!r}: expected local or compose")
-        return requested
-    return "compose" if engine_answers() and compose_cli() else "local"
 
 
 def compose_cli() -> list[str] | None:
@@ -241,8 +230,8 @@ def generate(run_dir: Path, chain: ComposeChain, images: Images,
     for name in chain.signers():
         info = chain.nodes[name]
         d = info.datadir
-        script = (f"test -d {d}/geth/chaindata || geth init --datadir {d} --state.scheme hash "
-                  f"{IN}/shared/genesis.json >>{IN}/logs/geth-{name}.log 2>&1 && exec "
+        init = shlex.join(init_command(Path("geth"), Path(d), IN / "shared" / "genesis.json"))
+        script = (f"test -d {d}/geth/chaindata || {init} >>{IN}/logs/geth-{name}.log 2>&1 && exec "
                   + shlex.join(geth_argv(info, n_nodes)) + f" >>{IN}/logs/geth-{name}.log 2>&1")
         services[service_name(name)] = {
             "image": images.geth, "user": user, "labels": labels,
@@ -419,11 +408,7 @@ def stop_run_podman(run_dir: Path) -> bool:
         return False
     if not mine:
         return False
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except psutil.TimeoutExpired:
-        proc.kill()
+    terminate([proc], timeout=10)
     sock.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         sock.parent.rmdir()
@@ -500,6 +485,32 @@ class ComposeLab(_lab_base()):
     MQTT are the local runtime's code."""
 
     runtime = "compose"
+    preference = 0  # a Docker user's first command: compose whenever an engine answers
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        from lab import images as img
+
+        if compose_cli() is None:
+            return ("no compose CLI (`docker compose` v2 or `docker-compose`) is installed; "
+                    "install one, or use RUNTIME=local")
+        if not img.engine_answers() and shutil.which("podman") is None:
+            return ("no Docker engine answers (`docker info`) and podman is not installed; "
+                    "start Docker, or use RUNTIME=local")
+        return None
+
+    @classmethod
+    def by_default(cls) -> bool:
+        """Only when a Docker engine answers: podman's API is started on request only."""
+        from lab import images as img
+
+        return compose_cli() is not None and img.engine_answers()
+
+    @classmethod
+    def clean_up(cls, run_dir: Path) -> None:
+        if (Path(run_dir) / "docker-compose.yml").exists():
+            ComposeProject(run_dir).down()
+        stop_run_podman(run_dir)
 
     def __init__(self, scenario, run, out=None, images: Images | None = None,
                  docker_host: str | None = None) -> None:
@@ -642,8 +653,5 @@ def reap_conmon(container_ids: list[str]) -> int:
             cid = cmd[cmd.index("-c") + 1] if cmd.index("-c") + 1 < len(cmd) else ""
             if any(cid.startswith(i) or i.startswith(cid) for i in container_ids if cid):
                 procs.append(p)
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    psutil.wait_procs(procs, timeout=5)
+    terminate(procs, timeout=5)
     return len(procs)

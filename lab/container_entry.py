@@ -31,7 +31,9 @@ import sys
 import time
 from pathlib import Path
 
+from chain.geth import init_command
 from chain.network import load_nodes, rpc
+from chain.processes import stop_popen
 
 MAX_RESTARTS = 5
 
@@ -62,8 +64,8 @@ class Entry:
         if (datadir / "geth" / "chaindata").exists():
             return
         genesis = self.run_dir / "shared" / "genesis.json"
-        out = subprocess.run(["geth", "init", "--datadir", str(datadir), "--state.scheme",
-                              "hash", str(genesis)], capture_output=True, text=True)
+        out = subprocess.run(init_command(Path("geth"), datadir, genesis), capture_output=True,
+                             text=True)
         if out.returncode != 0:
             raise SystemExit(f"[{self.node}] geth init of {datadir} from {genesis} failed:\n"
                              f"{out.stdout}{out.stderr}")
@@ -157,16 +159,7 @@ class Entry:
             self.stop()
 
     def stop(self) -> None:
-        for p in (self.device, self.geth):
-            if p is not None and p.poll() is None:
-                p.terminate()
-        for p in (self.device, self.geth):
-            if p is not None:
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        stop_popen((self.device, self.geth), timeout=15)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import time
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from chain.processes import stop_popen
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO / "docker"
@@ -160,13 +161,7 @@ class PodmanService:
         return self.docker_host
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_popen([self.proc], timeout=10)
         self.proc = None
         self.socket.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # the socket's own folder, if now empty

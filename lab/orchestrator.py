@@ -56,6 +56,22 @@ class Lab:
     _confirm_elsewhere, stop); the rounds, results and MQTT are shared."""
 
     runtime = "local"
+    preference = 100  # when none is named: the fallback that always works
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """None when this runtime can run here, else why not (lab.runtimes)."""
+        return None
+
+    @classmethod
+    def by_default(cls) -> bool:
+        """Whether `make up` without RUNTIME takes this runtime (lab.runtimes.choose)."""
+        return cls.unavailable() is None
+
+    @classmethod
+    def clean_up(cls, run_dir: Path) -> None:
+        """Stop what this runtime left of a run whose orchestrator is gone (`lab down`)."""
+        stop_run(run_dir)
 
     def __init__(self, scenario: Scenario, run: RunFolder, out=sys.stderr) -> None:
         self.scenario = scenario
@@ -364,24 +380,19 @@ def scale_check(scenario: Scenario) -> dict:
 def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True,
              runtime: str | None = None) -> dict:
     """The whole lab once; returns the summary dict (`lab run` prints it as JSON).
-    runtime: "local", "compose" or None (compose when a Docker engine answers)."""
+    runtime: a name of lab.runtimes' registry, or None (the most preferred that can run)."""
     scale_check(scenario)
     busy = active_lab()
     if busy is not None:
         raise SystemExit(f"error: a lab is already running (scenario {busy.get('scenario')}, "
                          f"pid {busy['pid']}, run folder {busy.get('run')}); "
                          "stop it with `make down` first")
-    from lab.compose import detect_runtime
+    from lab.runtimes import choose
 
-    runtime = detect_runtime(runtime)
+    runtime_cls = choose(runtime)
     run = RunFolder.create(scenario.name)
     claim(run, scenario.name)
-    if runtime == "compose":
-        from lab.compose import ComposeLab
-
-        lab: Lab = ComposeLab(scenario, run)
-    else:
-        lab = Lab(scenario, run)
+    lab: Lab = runtime_cls(scenario, run)
     _install_signal_handlers()
     t0 = time.monotonic()
     try:
@@ -504,11 +515,9 @@ def down() -> int:
         _clear_retained(os.environ["MQTT_URL"], run_dir)
     elif (run_dir / "broker" / "bridge.url").exists():  # ours, if it still runs
         _clear_retained((run_dir / "broker" / "bridge.url").read_text().strip(), run_dir)
-    if (run_dir / "docker-compose.yml").exists():
-        from lab.compose import ComposeProject
+    from lab.runtimes import clean_up
 
-        ComposeProject(run_dir).down()
-    stop_run(run_dir)
+    clean_up(run_dir)
     pids = RunFolder(run_dir).recorded_pids()
     stop_pids(pids.values(), timeout=3)
     release(force=True)

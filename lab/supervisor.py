@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+from chain.processes import terminate_pids
 
 log = logging.getLogger(__name__)
 
@@ -111,22 +110,4 @@ class Supervisor:
 
 def stop_pids(pids: Iterable[int], timeout: float = 5.0) -> None:
     """SIGTERM each process and its descendants, SIGKILL whatever is left after `timeout`."""
-    procs: list[psutil.Process] = []
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)
-            procs.extend([*p.children(recursive=True), p])
-        except psutil.NoSuchProcess:
-            continue
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=timeout)
+    terminate_pids(pids, timeout)

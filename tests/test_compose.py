@@ -141,12 +141,20 @@ def test_subnet_choice_avoids_networks_in_use() -> None:
     assert second != first
 
 
-def test_detect_runtime_honours_the_request() -> None:
-    assert compose.detect_runtime("local") == "local"
-    assert compose.detect_runtime("compose") == "compose"
-    with pytest.raises(ValueError, match="RUNTIME"):
-        compose.detect_runtime("kubernetes")
-    assert compose.detect_runtime(None) in ("local", "compose")
+def test_runtime_registry_honours_the_request() -> None:
+    from lab.orchestrator import Lab
+    from lab.runtimes import RuntimeUnavailable, choose, registry
+
+    assert set(registry()) == {"local", "compose"}
+    assert choose("local") is Lab
+    if compose.ComposeLab.unavailable() is None:
+        assert choose("compose") is compose.ComposeLab
+    else:  # refused with the reason and the way out
+        with pytest.raises(RuntimeUnavailable, match="RUNTIME=local"):
+            choose("compose")
+    with pytest.raises(ValueError, match="RUNTIME='kubernetes': expected one of compose, local"):
+        choose("kubernetes")
+    assert choose(None) in (Lab, compose.ComposeLab)
 
 
 @pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose missing")
