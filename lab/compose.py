@@ -545,6 +545,11 @@ class ComposeLab(_lab_base()):
         s = self.scenario
         t = time.monotonic()
         host = self._engine()
+        from lab import images as img
+
+        # a Docker user's first `make up`: the images are built here when missing
+        built = img.ensure_images(host, engine_is_podman(host), self.say)
+        self.timings["images_build_s"] = built["seconds"]
         self.say(f"compose: {s.chain.signers} signer(s), period {s.chain.period}, "
                  f"{len(self.groups)} device containers, engine {host or 'default'} ...")
         subnet = choose_subnet(project_name(self.run.path), used_subnets(host))

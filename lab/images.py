@@ -301,6 +301,55 @@ def build_offline(force: bool = False, podman: Podman | None = None,
     return times
 
 
+def missing_images(docker_host: str | None) -> list[str]:
+    """The compose runtime's images the engine at docker_host does not have."""
+    import docker.errors
+
+    import docker
+
+    client = docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env()
+    with contextlib.closing(client):
+        missing = []
+        for name in compose_images().values():
+            try:
+                client.images.get(name)
+            except docker.errors.ImageNotFound:
+                missing.append(name)
+        return missing
+
+
+def ensure_images(docker_host: str | None, podman_engine: bool, say=print) -> dict:
+    """Build the compose runtime's images when the engine lacks any, showing progress: a
+    Docker engine builds the top-level docker-compose.yml (upstream bases from a registry);
+    the lab's own podman store (machines without a registry) builds them from Debian
+    packages. Returns {"built": [...], "seconds": s}."""
+    missing = missing_images(docker_host)
+    if not missing:
+        return {"built": [], "seconds": 0.0}
+    t = time.monotonic()
+    say(f"compose: images {', '.join(missing)} missing; building them (once) ...")
+    if podman_engine:
+        for step, secs in build_offline(podman=Podman()).items():
+            say(f"compose:   {step}: {secs:.1f} s")
+    else:
+        from lab.compose import compose_cli
+
+        cli = compose_cli()
+        if cli is None:
+            raise ImageError("no compose CLI to build the images with; install Docker "
+                             "Compose, or use RUNTIME=local")
+        env = dict(os.environ, **({"DOCKER_HOST": docker_host} if docker_host else {}))
+        # the build's own progress goes to the terminal
+        if subprocess.run([*cli, "-f", str(REPO / "docker-compose.yml"), "build"],
+                          env=env, cwd=REPO).returncode != 0:
+            raise ImageError("`docker compose build` of docker-compose.yml failed (see its "
+                             "output above); RUNTIME=local runs without images")
+    still = missing_images(docker_host)
+    if still:
+        raise ImageError(f"images still missing after the build: {', '.join(still)}")
+    return {"built": missing, "seconds": time.monotonic() - t}
+
+
 def compose_images() -> dict[str, str]:
     """Image names the generated compose file uses (built by build_offline() here, or by
     `docker compose build` of the top-level docker-compose.yml elsewhere)."""

@@ -293,7 +293,12 @@ def test_compose_up_isolates_keys_publishes_loopback_only_and_down_cleans(
     removes containers, network, podman service and conmon."""
     _engine_or_skip()
     import docker
+    from lab import images
 
+    # a first `make up`: the device image is missing and is built (from the layer cache)
+    podman = images.Podman()
+    podman.run("rmi", "--force", images.DEVICE_IMAGE, check=False)
+    assert not podman.has_image(images.DEVICE_IMAGE)
     runs = tmp_path / "runs"
     up = _lab("up", "homes3", "--runtime", "compose", runs=runs, start_new_session=True)
     try:
@@ -337,5 +342,7 @@ def test_compose_up_isolates_keys_publishes_loopback_only_and_down_cleans(
             up.wait()
     assert down.returncode == 0, out
     assert up.returncode is not None
+    said = up.stdout.read() if up.stdout else ""
+    assert "missing; building them" in said and podman.has_image(images.DEVICE_IMAGE), said[-2000:]
     assert not _our_processes(run)
     assert _leftovers(run) == {"containers": [], "networks": [], "volumes": []}
