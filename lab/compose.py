@@ -549,7 +549,8 @@ class ComposeLab(_lab_base()):
 
         # a Docker user's first `make up`: the images are built here when missing
         built = img.ensure_images(host, engine_is_podman(host), self.say)
-        self.timings["images_build_s"] = built["seconds"]
+        if built["built"]:
+            self.say(f"compose: images built in {built['seconds']:.0f} s")
         self.say(f"compose: {s.chain.signers} signer(s), period {s.chain.period}, "
                  f"{len(self.groups)} device containers, engine {host or 'default'} ...")
         subnet = choose_subnet(project_name(self.run.path), used_subnets(host))
