@@ -361,7 +361,7 @@ def open_session(
     ), "bad mu or tau"
     assert p.max_rounds > 0 and p.max_rounds < 2**32 and p.deadline_blocks > 0 and (
         p.deadline_blocks < 2**32
-    ), "bad max_rounds or deadline_blocks"
+    ), "bad max_rounds or deadline"
     assert p.alpha_wad >= WAD and p.alpha_wad < 2 * WAD, "bad alpha"
     assert p.viol_tol_nkw >= 0 and p.viol_tol_nkw <= MAX_LANE, "bad viol_tol"
     assert len(participants) > 0, "no devices"
@@ -413,7 +413,7 @@ def open_session(
         assert self.dev[d] >> DEV_SESSION != sid, "duplicate device"
         big = max(big, max(-self._lane(dw, 0), self._lane(dw, 1)))
         self.dev[d] = sid << DEV_SESSION
-    assert n * big < 2**62, "N * max |bound| beyond the sum's lane"
+    assert n * big < 2**62, "N * max|bound| beyond sum's lane"
     assert n * convert(p.slots, int256) * big * big < 2**118, "N * T * bound^2 beyond 2^118"
 
     self.consts = create_from_blueprint(
@@ -533,12 +533,16 @@ def submit(
 @external
 def advance(session: uint256):
     """
-    @notice After the round deadline, anyone may close the round: each missing device's
-            previous x_i stands in for its submission (straggler policy).
+    @notice After the round deadline, a participant of the session or the operator may close
+            the round: each missing device's previous x_i stands in for its submission
+            (straggler policy). Others may not: with period 0 anyone funded could otherwise
+            seal blocks past the deadline and cut a round short.
     @param session The current session id.
     """
     status: uint256 = self.status
     assert session != 0 and session == status >> ST_SESSION, "wrong session"
+    assert msg.sender == self.operator or self.dev[msg.sender] >> DEV_SESSION == session, \
+        "not a participant"
     assert (status >> ST_FINAL) & 1 == 0, "session finalized"
     assert block.number > self.round_deadline, "round deadline not reached"
     n: uint256 = (status >> ST_N) & M32

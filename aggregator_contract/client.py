@@ -87,7 +87,7 @@ class NotWhitelisted(CoordinatorError):
     """The sender (or a listed device) is not whitelisted, or not in the session."""
 
     reasons = ("not whitelisted", "device not whitelisted", "device not in session",
-               "only operator", "only coordinator", "only deployer")
+               "only operator", "only coordinator", "only deployer", "not a participant")
 
 
 class OutOfBounds(CoordinatorError):
@@ -131,7 +131,7 @@ class CurrentVars:
     session: int
     round: int
     rho: float
-    deadline: int  # block number after which anyone may advance
+    deadline: int  # block number after which a participant or the operator may advance
     submitted: int  # submissions received in this round
     xbar: np.ndarray  # kW
     zbar: np.ndarray

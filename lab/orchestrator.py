@@ -359,7 +359,8 @@ class Lab:
     def stop(self) -> None:
         self.supervisor.stop_all()
         if getattr(self, "broker", None) is not None:
-            _clear_retained(self.bridge_mqtt_url, self.run.path)
+            if getattr(self, "bridge_mqtt_url", None):  # the broker came up
+                _clear_retained(self.bridge_mqtt_url, self.run.path)
             self.broker.stop()
         if self.network is not None:
             self.network.stop()

@@ -147,16 +147,21 @@ def test_straggler_advance_uses_previous_x():
     sess.submit(0, x1[0])
     sess.submit(1, x1[1])
     anyone = boa.env.generate_address("anyone")
-    with boa.env.prank(anyone), boa.reverts("round deadline not reached"):
+    straggler = sess.devices[2]
+    with boa.env.prank(straggler), boa.reverts("round deadline not reached"):
         sess.c.advance(sess.session)
     boa.env.time_travel(blocks=sess.deadline_blocks + 1)
-    with boa.env.prank(anyone):
+    # a stranger may not cut a round short (with period 0 it could seal blocks past the
+    # deadline at will); a participant may close it
+    with boa.env.prank(anyone), boa.reverts("not a participant"):
+        sess.c.advance(sess.session)
+    with boa.env.prank(straggler):
         sess.c.advance(sess.session)
     ref, info = aggregate_step(ref, x1, sess.feeder, sess.settings)
     _assert_state(sess, ref, 2)
-    # round 2: nobody submits, anyone advances: x stays, dx = 0
+    # round 2: nobody submits, the operator advances: x stays, dx = 0
     boa.env.time_travel(blocks=sess.deadline_blocks + 1)
-    with boa.env.prank(anyone):
+    with boa.env.prank(sess.operator):
         sess.c.advance(sess.session)
     ref, _ = aggregate_step(ref, x1, sess.feeder, sess.settings)
     _assert_state(sess, ref, 3)
@@ -434,7 +439,8 @@ def test_every_emitted_figure_bit_exact_with_integer_mirror():
         else:
             x[n - 1] = fp.from_fixed(agg.x[sess.devices[n - 1]])
             boa.env.time_travel(blocks=sess.deadline_blocks + 1)
-            sess.c.advance(sess.session)
+            with boa.env.prank(sess.operator):
+                sess.c.advance(sess.session)
         (ev,) = [e for e in sess.c.get_logs() if type(e).__name__ == "RoundClosed"]
         want = agg.close()
         got = {k: getattr(ev, k) for k in emitted}
@@ -503,7 +509,8 @@ def test_straggler_round_at_large_n():
         x1[i] = x0[i] + 1.0
         sess.submit(i, x1[i])
     boa.env.time_travel(blocks=4)
-    sess.c.advance(sess.session)
+    with boa.env.prank(sess.devices[1]):  # a straggler of this round may close it
+        sess.c.advance(sess.session)
     (ev,) = [e for e in sess.c.get_logs() if type(e).__name__ == "RoundClosed"]
     assert ev.stragglers == n - len(range(0, n, 3))
     ref, _ = aggregate_step(ref, np.array([fp.quantize_kw(v) for v in x1]), sess.feeder,
@@ -540,7 +547,7 @@ def test_open_session_refuses_sums_beyond_their_lanes():
     feeder = tou_feeder(8)
     with boa.env.prank(operator):
         c.register_devices([(d, -(2**62), 2**62) for d in devs])
-        with boa.reverts("N * max |bound| beyond the sum's lane"):
+        with boa.reverts("N * max|bound| beyond sum's lane"):
             c.open_session(session_params(feeder, AdmmSettings(), 5),
                            fp.pack_kw(feeder.price, fp.PRICE_SCALE),
                            fp.pack_kw(feeder.capacity), fp.pack_kw(feeder.export_limit), devs)
