@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ARTIFACTS = HERE / "artifacts"
-CONTRACTS = ("Coordinator", "ScheduleRegistry")
+CONTRACTS = ("Coordinator", "ScheduleRegistry", "Billing")
 EVM_VERSION = "paris"
 
 
