@@ -197,12 +197,12 @@ def test_schedule_must_be_published_and_withdraw_after_settlement(boa_env):  # n
     with boa.reverts("schedule not published"):
         b.settle(sess.session, home)
     sess.c.publish_schedule(sess.session, home, sess.last[home])
-    boa.env.set_balance(home, 10**19)
+    boa.env.set_balance(home, 10**20)
     with boa.env.prank(home):
-        b.deposit(home, value=10**18)
+        b.deposit(home, value=10**19)
     bill = bl.Bill(*b.settle(sess.session, home))
     assert bill.deviation_wei == 0 and bill.total_wei > 0
-    left = 10**18 - bill.total_wei
+    left = 10**19 - bill.total_wei
     with boa.env.prank(home):
         with boa.reverts("beyond balance"):
             b.withdraw(left + 1)
