@@ -55,7 +55,8 @@ DEBIAN_MIRROR = os.environ.get("LAB_DEBIAN_MIRROR", "http://deb.debian.org/debia
 # runs/ and build/ out of it, with or without a .dockerignore)
 CONTEXT_FILES = ("pyproject.toml", "requirements.lock", "README.md")
 CONTEXT_PACKAGES = ("lab", "chain", "aggregator_contract", "device_node", "mqtt_bridge",
-                    "scenario", "conventions")
+                    "scenario", "conventions",
+                    "metering")
 
 CONTAINERS_CONF = """\
 [containers]

@@ -148,6 +148,49 @@ class PlaybackSpec(BaseModel):
     realtime: bool = Field(False, description="follow the wall clock from horizon.start")
 
 
+class DeviationSpec(BaseModel):
+    """What a home did differently from its schedule, as its emulated meter measures it
+    (docs/billing.md): a component's power scaled (a PV forecast error, `factor: 0.7`) or a
+    switched load held on or off by hand (`switch: on`), over slots [from, to)."""
+
+    model_config = _STRICT
+
+    device: str = Field(description="the home (a device id)")
+    component: str = Field(description="one of its components")
+    slots: Annotated[tuple[int, int], BeforeValidator(
+        lambda v: tuple(v) if isinstance(v, list) else v)] | None = Field(
+        None, description="[from, to); all slots if absent")
+    factor: float | None = Field(None, ge=0, le=10, description="metered = factor x scheduled")
+    switch: Literal["on", "off"] | None = Field(None, description="a switched load held "
+                                                "on (rated kW) or off by hand")
+
+    @model_validator(mode="after")
+    def _one(self) -> DeviationSpec:
+        if (self.factor is None) == (self.switch is None):
+            fail("exactly one of factor or switch", None, at="")
+        if self.slots is not None and not 0 <= self.slots[0] < self.slots[1]:
+            fail("slots [from, to) with 0 <= from < to", list(self.slots), at=".slots")
+        return self
+
+
+class BillingSpec(BaseModel):
+    """Metering and billing after the playback (aggregator_contract/Billing.vy): the tariff's
+    deviation terms, the homes' deposits, how meters post, and scripted deviations."""
+
+    model_config = _STRICT
+
+    enabled: bool = Field(True, description="meter and settle every home after the playback "
+                          "(read by the orchestrator once `lab run` meters; not yet)")
+    readings: Literal["slot", "hourly"] = Field("slot", description="per-slot readings, or "
+                                                "hourly totals with a hash of the slot readings")
+    tolerance_wh: int = Field(20, ge=0, description="deviation tolerance per reading (Wh)")
+    tolerance_pct: float = Field(5.0, ge=0, le=100, description="plus this % of |scheduled|")
+    imbalance_pct: float = Field(50.0, ge=0, le=10000, description="deviation beyond the "
+                                 "tolerance is charged at this % of the reading's |price|")
+    deposit_usd: float = Field(50.0, ge=0, description="each home's deposit (1 ether = 1 $)")
+    deviations: list[DeviationSpec] = Field(default_factory=list)
+
+
 class DeviceSpec(BaseModel):
     """One ADMM agent: a home's components behind one meter."""
 
@@ -227,6 +270,7 @@ class Scenario(BaseModel):
     admm: AdmmSpec = Field(default_factory=AdmmSpec)
     chain: ChainSpec = Field(default_factory=ChainSpec)
     playback: PlaybackSpec = Field(default_factory=PlaybackSpec)
+    billing: BillingSpec = Field(default_factory=BillingSpec)
     devices: Annotated[list[DeviceSpec], Field(min_length=1),
                        Expect("a non-empty list of devices")]
 
@@ -255,6 +299,19 @@ class Scenario(BaseModel):
                              "level above or below it)", k[1],
                              at=f"devices[{i}].components[{j}].actuator")
                 addrs[k] = f"{d.id}.{comp.id}"
+        for k, dv in enumerate(self.billing.deviations):
+            dev = next((d for d in self.devices if d.id == dv.device), None)
+            comp = None if dev is None else next(
+                (c for c in dev.components if c.id == dv.component), None)
+            if comp is None:
+                fail("a device id and one of its component ids", f"{dv.device}.{dv.component}",
+                     at=f"billing.deviations[{k}]")
+            if dv.switch is not None and "rated_kw" not in comp.params:
+                fail("a switched component (with rated_kw) for `switch`", dv.component,
+                     at=f"billing.deviations[{k}].component")
+            if dv.slots is not None and dv.slots[1] > self.horizon.slots:
+                fail(f"slots within [0, {self.horizon.slots}]", list(dv.slots),
+                     at=f"billing.deviations[{k}].slots")
         raw = (info.context or {}).get("doc", {}).get("feeder")
         self._feeder_can_hold(raw if isinstance(raw, Mapping) else {})
         return self

@@ -265,12 +265,14 @@ def test_json_schema_accepts_the_shipped_scenarios_and_refuses_typos():
 
 
 def test_no_two_packages_import_each_other():
-    """scenario imports no lab package; device_node and mqtt_bridge never import lab."""
+    """scenario imports no lab package; device_node, metering and mqtt_bridge never import
+    lab."""
     import ast
 
     root = CONFIGS.parent
     forbidden = {"scenario": {"lab", "device_node", "mqtt_bridge", "chain"},
-                 "device_node": {"lab"}, "mqtt_bridge": {"lab", "device_node"},
+                 "device_node": {"lab"}, "metering": {"lab"},
+                 "mqtt_bridge": {"lab", "device_node"},
                  "aggregator_contract": {"lab", "device_node", "scenario", "mqtt_bridge"}}
     for pkg, banned in forbidden.items():
         for py in (root / pkg).rglob("*.py"):
