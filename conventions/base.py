@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -99,9 +99,6 @@ class Convention(BaseModel):
 
     real: bool = Field(False, description="a real device: the lab runs no emulator for it and "
                        "publishes no discovery config (it announces itself)")
-
-    # a device reports per message: the bridge keeps the last word on state and availability
-    label: ClassVar[str] = ""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

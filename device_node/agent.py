@@ -101,14 +101,9 @@ class DeviceAgent:
         return sent
 
     def component_split(self, x_final: np.ndarray) -> dict[str, np.ndarray]:
-        """Each component's power in the cheapest realisation of the final x_i. The last local
-        solution is used when it is that x (the usual case); after a restart the split is
-        re-derived from x_i alone, so every run of the agent gives the same plans."""
-        last = self.problem.x
-        if last is None or not np.allclose(last, x_final, atol=1e-6, rtol=0):
-            self.problem.private_cost(x_final)
-            return self.problem.home.component_power()
-        return self.problem.component_power()
+        """Each component's power in the cheapest realisation of the final x_i
+        (LocalProblem.split), so every run of the agent gives the same plans."""
+        return self.problem.split(x_final)
 
     def switch_plan(self, comp, power_kw: np.ndarray) -> np.ndarray:
         h = self.spec.horizon

@@ -114,6 +114,16 @@ class LocalProblem:
             return float("inf")
         return float(self.home.cost.value)
 
+    def split(self, x_final: np.ndarray) -> dict[str, np.ndarray]:
+        """Each component's power in the cheapest realisation of `x_final`: the last local
+        solution when it is that x (the usual case), else re-derived from x alone (after a
+        restart, or by another reader such as the home's meter), so every reader gets the
+        same split."""
+        if self.x is None or not np.allclose(self.x, x_final, atol=1e-6, rtol=0):
+            self.private_cost(np.asarray(x_final, dtype=float))
+            return self.home.component_power()
+        return self.component_power()
+
     def component_power(self) -> dict[str, np.ndarray]:
         """Per-component power of the last local solution (kW per slot)."""
         if self.x is None:

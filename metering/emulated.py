@@ -57,25 +57,10 @@ class RelayRecorder:
         self._client: Any = None
 
     def start(self, timeout: float = 10.0) -> None:
-        from mqtt_bridge.broker import parse_url
-        from mqtt_bridge.mqttc import make_client
+        from mqtt_bridge.mqttc import start_subscriber
 
-        host, port = parse_url(self.url)
-        c = make_client("meter-relays", self.url)
-        up = threading.Event()
-
-        def on_connect(client, userdata, flags, rc, props=None):  # noqa: ARG001
-            if not rc.is_failure:
-                client.subscribe([(t, 1) for t in sorted(self._by_topic)])
-                up.set()
-
-        c.on_connect = on_connect
-        c.on_message = self._on_message
-        c.connect_async(host, port, keepalive=5)
-        c.loop_start()
-        self._client = c
-        if not up.wait(timeout):
-            raise TimeoutError(f"meter: no connection to the broker in {timeout} s")
+        self._client = start_subscriber("meter-relays", self.url, sorted(self._by_topic),
+                                        self._on_message, timeout)
 
     def _on_message(self, client, userdata, msg) -> None:  # noqa: ARG002
         now = time.time()
@@ -113,12 +98,10 @@ class EmulatedMeter:
     def component_split(self, x_final: np.ndarray, solver: str = "CLARABEL"
                         ) -> dict[str, np.ndarray]:
         """The home's components in the cheapest realisation of its final x_i: what its
-        device process planned (device_node.agent.DeviceAgent.component_split)."""
+        device process planned (LocalProblem.split, as device_node.agent does)."""
         from device_node.local_step import LocalProblem
 
-        prob = LocalProblem(self.spec, solver=solver)
-        prob.private_cost(np.asarray(x_final, dtype=float))
-        return prob.home.component_power()
+        return LocalProblem(self.spec, solver=solver).split(x_final)
 
     def measure(self, parts: Mapping[str, np.ndarray],
                 relays: Mapping[str, Sequence[bool]]) -> dict[str, np.ndarray]:

@@ -64,25 +64,11 @@ class TasmotaSensorMeter:
 
     # -- MQTT ------------------------------------------------------------------------------
     def start(self, url: str, timeout: float = 10.0) -> None:
-        from mqtt_bridge.broker import parse_url
-        from mqtt_bridge.mqttc import make_client
+        from mqtt_bridge.mqttc import start_subscriber
 
-        host, port = parse_url(url)
-        c = make_client(f"meter-{self.topic.replace('/', '-')}"[:60], url)
-        up = threading.Event()
-
-        def on_connect(client, userdata, flags, rc, props=None):  # noqa: ARG001
-            if not rc.is_failure:
-                client.subscribe(self.topic, qos=1)
-                up.set()
-
-        c.on_connect = on_connect
-        c.on_message = lambda client, userdata, msg: self.feed(msg.payload)
-        c.connect_async(host, port, keepalive=5)
-        c.loop_start()
-        self._client = c
-        if not up.wait(timeout):
-            raise TimeoutError(f"{self.topic}: no connection to the broker in {timeout} s")
+        self._client = start_subscriber(
+            f"meter-{self.topic.replace('/', '-')}"[:60], url, [self.topic],
+            lambda client, userdata, msg: self.feed(msg.payload), timeout)
 
     def stop(self) -> None:
         c, self._client = self._client, None

@@ -19,8 +19,8 @@ from mqtt_bridge.config import BridgeConfig
 from mqtt_bridge.mqttc import make_client
 
 
-def _ours(topic: str, payload: bytes, cfg: BridgeConfig) -> bool:
-    """A retained message this run published."""
+def _ours(topic: str, payload: bytes, cfg: BridgeConfig, discovery: set[str]) -> bool:
+    """A retained message this run published (`discovery`: its actuators' config topics)."""
     if topic.startswith(tp.lab_root(cfg.run) + "/"):
         return True
     if not topic.startswith(tp.HA_PREFIX + "/") or not payload:
@@ -31,8 +31,7 @@ def _ours(topic: str, payload: bytes, cfg: BridgeConfig) -> bool:
         return False
     if not isinstance(conf, dict) or not str(conf.get("unique_id", "")).startswith("ecl_"):
         return False
-    actuators = {tp.ha_discovery(a)[0] for a in cfg.actuators}
-    return topic in actuators or str(conf.get("state_topic", "")).startswith(
+    return topic in discovery or str(conf.get("state_topic", "")).startswith(
         tp.lab_root(cfg.run) + "/")
 
 
@@ -43,12 +42,13 @@ def clear_retained(url: str, cfg: BridgeConfig, timeout: float = 10.0) -> list[s
     host, port = parse_url(url)
     marker = f"{tp.lab_root(cfg.run)}/cleanup/{uuid.uuid4().hex}"
     found: list[str] = []
+    discovery = {tp.ha_discovery(a)[0] for a in cfg.actuators}
     done = threading.Event()
 
     def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == marker:
             done.set()
-        elif msg.retain and msg.payload and _ours(msg.topic, msg.payload, cfg):
+        elif msg.retain and msg.payload and _ours(msg.topic, msg.payload, cfg, discovery):
             found.append(msg.topic)
 
     def on_subscribe(c: mqtt.Client, *args: Any) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -63,4 +65,30 @@ def make_client(client_id: str = "", url: str | None = None) -> mqtt.Client:
         if u.scheme in ("mqtts", "ssl"):
             c.tls_set(ca_certs=os.environ.get("MQTT_CA_FILE") or None,
                       cert_reqs=ssl.CERT_REQUIRED)
+    return c
+
+
+def start_subscriber(client_id: str, url: str, topics: Sequence[str],
+                     on_message: Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None],
+                     timeout: float = 10.0) -> mqtt.Client:
+    """A client that subscribes to `topics` (QoS 1) on every (re)connect, started; returns
+    once its first connection is up (TimeoutError otherwise). Stop it with disconnect()
+    and loop_stop()."""
+    host, port = parse_url(url)
+    c = make_client(client_id, url)
+    up = threading.Event()
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                   props: Any = None) -> None:
+        if not rc.is_failure:
+            client.subscribe([(t, 1) for t in topics])
+            up.set()
+
+    c.on_connect = on_connect
+    c.on_message = on_message
+    c.connect_async(host, port, keepalive=5)
+    c.loop_start()
+    if not up.wait(timeout):
+        c.loop_stop()
+        raise TimeoutError(f"no connection to {hide(url)} in {timeout} s")
     return c

@@ -17,7 +17,6 @@ from scenario.horizon import Horizon, window_mask
 from scenario.schema import (
     AdmmSpec,
     ChainSpec,
-    ComponentSpec,
     DeviceSpec,
     FeederSpec,
     PlaybackSpec,
@@ -27,7 +26,7 @@ from scenario.schema import (
 )
 
 __all__ = [
-    "COMPONENT_TYPES", "CONFIGS", "TYPES", "AdmmSpec", "ChainSpec", "ComponentSpec",
+    "COMPONENT_TYPES", "CONFIGS", "TYPES", "AdmmSpec", "ChainSpec",
     "DeviceSpec", "FeederSpec", "Horizon", "PlaybackSpec", "Scenario", "ScenarioError",
     "device_from_payload", "generate_congested", "generate_homes", "load", "parse",
     "window_mask",

@@ -15,7 +15,6 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -24,7 +23,7 @@ import conventions
 from scenario import profiles
 from scenario.components import TYPES
 from scenario.errors import expectation, range_text
-from scenario.schema import Scenario
+from scenario.schema import Scenario, plain
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_MD = ROOT / "docs" / "models.md"
@@ -35,13 +34,7 @@ def _default(f: FieldInfo) -> str:
     if f.is_required():
         return "required"
     d = f.default if f.default is not PydanticUndefined else f.default_factory
-    return "—" if d is None else f"`{_plain(d)}`"
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    return v
+    return "—" if d is None else f"`{plain(d)}`"
 
 
 def _kind(f: FieldInfo) -> str:

@@ -89,14 +89,20 @@ def expectation(info: FieldInfo | None, slots: int | None = None) -> str:
     return "a value"
 
 
-def range_text(info: FieldInfo) -> str:
-    parts = []
-    for m in info.metadata:
-        for cls, op, attr in ((at.Gt, ">", "gt"), (at.Ge, ">=", "ge"), (at.Lt, "<", "lt"),
-                              (at.Le, "<=", "le")):
-            if isinstance(m, cls):
-                parts.append(f"{op} {getattr(m, attr):g}")
+def range_words(gt: float | None = None, ge: float | None = None, lt: float | None = None,
+                le: float | None = None) -> str:
+    """` > 0 and <= 1`: a range in words, for expectations."""
+    parts = [f"{op} {v:g}" for op, v in ((">", gt), (">=", ge), ("<", lt), ("<=", le))
+             if v is not None]
     return (" " + " and ".join(parts)) if parts else ""
+
+
+def range_text(info: FieldInfo) -> str:
+    """The range a field declares (annotated_types metadata), in words."""
+    bounds = {attr: getattr(m, attr) for m in info.metadata
+              for cls, attr in ((at.Gt, "gt"), (at.Ge, "ge"), (at.Lt, "lt"), (at.Le, "le"))
+              if isinstance(m, cls)}
+    return range_words(**bounds)
 
 
 def _strip_optional(ann: Any) -> Any:

@@ -15,11 +15,10 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema
 
 from scenario import profiles
-from scenario.errors import Expect, fail
+from scenario.errors import Expect, fail, range_words
 from scenario.horizon import Horizon
 
 ID_PATTERN = r"^[a-z0-9_-]+$"
-MQTT_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_/-]*$"
 
 
 def param(default: Any = ..., *, doc: str, unit: str = "", gt: float | None = None,
@@ -36,12 +35,6 @@ def horizon(info: ValidationInfo) -> Horizon:
     if h is None:
         raise RuntimeError("scenario types are validated with the horizon in the context")
     return h
-
-
-def range_words(gt: float | None = None, ge: float | None = None, le: float | None = None
-                ) -> str:
-    parts = [f"{op} {v:g}" for op, v in ((">", gt), (">=", ge), ("<=", le)) if v is not None]
-    return (" " + " and ".join(parts)) if parts else ""
 
 
 def number(v: Any, at: str = "", *, gt: float | None = None, ge: float | None = None,

@@ -32,15 +32,14 @@ from pydantic import (
 
 from aggregator_contract.reference import AdmmSettings, Feeder
 from scenario import profiles
-from scenario.components import TYPES, Component
+from scenario.components import TYPES
 from scenario.errors import Expect, ScenarioError, fail, from_validation_error
-from scenario.fields import Id, Series, horizon, known_keys, number, series
+from scenario.fields import ID_PATTERN, Id, Series, horizon, known_keys, number, series
 from scenario.horizon import Horizon
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 SOLVERS = ("OSQP", "CLARABEL", "SCS")
 
-ComponentSpec = Component  # the name the rest of the lab reads
 AnyComponent = Annotated[Union[tuple(TYPES.values())],  # noqa: UP007 - built at run time
                          Field(discriminator="type")]
 
@@ -261,7 +260,7 @@ class Scenario(BaseModel):
 
     model_config = _STRICT
 
-    name: Annotated[str, Field(pattern=r"^[a-z0-9_-]+$", max_length=64),
+    name: Annotated[str, Field(pattern=ID_PATTERN, max_length=64),
                     Expect("a name matching [a-z0-9_-]+, at most 64 characters")] = Field(
         description="the scenario's name (default: the file's stem)")
     seed: int | None = Field(None, ge=0, description="only for generated scenarios")
@@ -319,8 +318,8 @@ class Scenario(BaseModel):
     def _feeder_can_hold(self, raw: Mapping) -> None:
         """The feeder box against what the homes must draw or feed in whatever they do:
         the sum of their least (most) power per slot above C (below -E) is infeasible."""
-        lo = sum(d.slot_bounds()[0] for d in self.devices)
-        hi = sum(d.slot_bounds()[1] for d in self.devices)
+        bounds = [d.slot_bounds() for d in self.devices]
+        lo, hi = sum(b[0] for b in bounds), sum(b[1] for b in bounds)
         cap, exp = np.array(self.feeder.capacity_kw), np.array(self.feeder.export_limit_kw)
         over = np.flatnonzero(lo > cap + 1e-9)
         if over.size:

@@ -12,7 +12,7 @@ from scenario.components.base import Component, Model
 from scenario.components.deferrable import energy_in_window, window_hours
 from scenario.errors import fail
 from scenario.fields import Window, param
-from scenario.horizon import Horizon
+from scenario.horizon import Horizon, window_mask
 
 
 class Switched(Component):
@@ -37,8 +37,6 @@ class Switched(Component):
             fail(f"at most the window's {hours:g} h", self.on_hours, at=".on_hours")
 
     def slot_bounds(self, h: Horizon) -> tuple[np.ndarray, np.ndarray]:
-        from scenario.horizon import window_mask
-
         return np.zeros(h.slots), self.rated_kw * window_mask(*self.window, h.slots)
 
     def build(self, h: Horizon) -> Model:
