@@ -57,6 +57,9 @@ def _typed(e: CoordinatorError) -> CoordinatorError:
     return out
 
 
+TARIFF_FIELDS = ("delta_wad", "period", "tol_wh", "tol_bps", "imbalance_bps")  # struct order
+
+
 @dataclass(frozen=True)
 class Tariff:
     """The billing terms of a session (contract struct Tariff)."""
@@ -304,8 +307,8 @@ def replay(billing: Billing, coord: Coordinator, session: int, from_block: int =
     if not opened:
         raise BillingRefused(f"replay({session})", "no BillingOpened event")
     a = opened[0]["args"]
-    tariff = tuple(a["tariff"])
-    delta_wad, period, tol_wh, tol_bps, imb = (int(v) for v in tariff)
+    tariff = tuple(int(a["tariff"][k]) for k in TARIFF_FIELDS)
+    delta_wad, period, tol_wh, tol_bps, imb = tariff
     homes = [to_checksum_address(h) for h in a["homes"]]
     t = int(a["slots"])
     info = coord.session_info(session, from_block=from_block)
@@ -320,7 +323,7 @@ def replay(billing: Billing, coord: Coordinator, session: int, from_block: int =
         h, first = lg["args"]["home"], int(lg["args"]["first"])
         for i, v in enumerate(lg["args"]["wh"]):
             readings[h][first + i] = int(v)
-    settled = {lg["args"]["home"]: Bill(*lg["args"]["bill"])
+    settled = {lg["args"]["home"]: Bill(**{k: int(v) for k, v in lg["args"]["bill"].items()})
                for lg in billing.events("Settled", from_block, session=session)}
     bills: dict[str, Bill] = {}
     for h in homes:
@@ -343,7 +346,7 @@ def replay(billing: Billing, coord: Coordinator, session: int, from_block: int =
         acc = lg["args"]["account"]
         replayed[acc] = replayed.get(acc, 0) - int(lg["args"]["amount"])
     for lg in billing.events("Settled", from_block):
-        h, total = lg["args"]["home"], int(lg["args"]["bill"][6])
+        h, total = lg["args"]["home"], int(lg["args"]["bill"]["total_wei"])
         replayed[h] = replayed.get(h, 0) - total
         replayed[op] = replayed.get(op, 0) + total
     accounts = sorted({*homes, op, *replayed})

@@ -4,6 +4,7 @@ Layout (each account in its own file, so a process can be handed exactly one key
 
     keys/operator.key              operator (deploys the contract, registers devices)
     keys/devices/<device_id>.key   one per device
+    keys/meters/<device_id>.key    one per home's meter (posts its readings to Billing)
     keys/signers/<name>.json       Clique signer: Web3 Secret Storage (keystore v3) JSON
     keys/signers/<name>.pass       ... and its password, read by ``geth --password``
 
@@ -47,6 +48,12 @@ def device_path(run_dir: str | Path, device_id: str) -> Path:
     return keys_dir(run_dir) / "devices" / f"{device_id}.key"
 
 
+def meter_path(run_dir: str | Path, device_id: str) -> Path:
+    """The key of home ``device_id``'s meter (metering/): not the device's key, so the
+    meter cannot submit schedules and the device cannot post readings."""
+    return device_path(run_dir, device_id).parents[1] / "meters" / f"{device_id}.key"
+
+
 def signer_path(run_dir: str | Path, name: str) -> Path:
     return keys_dir(run_dir) / "signers" / f"{name}.json"
 
@@ -86,6 +93,11 @@ def ensure_device(run_dir: str | Path, device_id: str) -> LocalAccount:
 
 def ensure_devices(run_dir: str | Path, device_ids: list[str]) -> dict[str, LocalAccount]:
     return {d: ensure_device(run_dir, d) for d in device_ids}
+
+
+def ensure_meters(run_dir: str | Path, device_ids: list[str]) -> dict[str, LocalAccount]:
+    """Each home's meter account, created on first use."""
+    return {d: _ensure_hex_key(meter_path(run_dir, d)) for d in device_ids}
 
 
 def ensure_signer(run_dir: str | Path, name: str) -> LocalAccount:

@@ -27,6 +27,10 @@ def add_commands(sub) -> None:
     p.add_argument("--url", help="mqtt://host:port (default: the running lab's broker)")
     p.set_defaults(func=_cmd_watch)
     add_verify(sub)
+    p = sub.add_parser("bill", help="each home's bill recomputed from chain events (CSV and "
+                       "JSON in RUN/results); last stdout line is a JSON summary")
+    p.add_argument("run_dir", nargs="?", help="run folder (default: the running lab's)")
+    p.set_defaults(func=_cmd_bill)
 
 
 def _load(name: str):
@@ -90,17 +94,35 @@ def add_verify(sub) -> None:
     p.set_defaults(func=_cmd_verify)
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
+def _run_dir(arg: str | None):
     from pathlib import Path
 
     from lab.runfolder import active_lab
-    from lab.verify import verify_run
 
-    if args.run_dir is None:
+    if arg is None:
         info = active_lab()
         if info is None:
             raise SystemExit("error: no lab is running; give a run folder")
-        args.run_dir = info["run"]
-    verdict = verify_run(Path(args.run_dir))
+        arg = info["run"]
+    return Path(arg)
+
+
+def _cmd_bill(args: argparse.Namespace) -> int:
+    from lab.bill import bill_run
+
+    bills = bill_run(_run_dir(args.run_dir))
+    for r in bills["homes"]:
+        print(f"{r['home']:>12}  import {r['import_kwh']:8.3f} kWh  export "
+              f"{r['export_kwh']:8.3f} kWh  deviation {r['deviation_kwh']:7.3f} kWh  total "
+              f"${r['total_usd']:9.4f}", file=sys.stderr)
+    print(json.dumps({"session": bills["session"], "ok": bills["ok"],
+                      "problems": bills["problems"], **bills["settlement"]}))
+    return 0 if bills["ok"] else 1
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from lab.verify import verify_run
+
+    verdict = verify_run(_run_dir(args.run_dir))
     print(json.dumps(verdict.as_dict()))
     return 0 if verdict.ok else 1

@@ -554,9 +554,8 @@ class ComposeLab(_lab_base()):
         self.say(f"compose: {s.chain.signers} signer(s), period {s.chain.period}, "
                  f"{len(self.groups)} device containers, engine {host or 'default'} ...")
         subnet = choose_subnet(project_name(self.run.path), used_subnets(host))
-        fund = [self.operator.address, *(a.address for a in self.accounts.values())]
         self.chain = prepare_chain(self.run.path, self.groups, s.chain.signers, s.chain.period,
-                                   fund, subnet)
+                                   self.funded(), subnet)
         write_compose(self.run.path, generate(self.run.path, self.chain, self.images,
                                               podman=engine_is_podman(host)))
         self.project = ComposeProject(self.run.path, host)

@@ -5,8 +5,10 @@
             ─> one device process per device (or per group), supervised
             ─> rounds until the contract finalizes ─> schedule read back from every node
             ─> results (schedule, history, plots) ─> MQTT playback of the day
+            ─> meters post what each home drew ─> every home settled ─> bills (lab/bill.py)
 
-The orchestrator holds the operator key only; each device process gets its own key file.
+The orchestrator holds the operator key only; each device process gets its own key file,
+and so does each home's meter (metering/run.py).
 A device process that dies is restarted and resumes from chain state. With Clique period 0
 blocks are sealed only when transactions arrive, so while no round progresses the
 orchestrator seals a block now and then (a 0-value operator transaction) to let the round
@@ -96,9 +98,10 @@ class Lab:
         for d in s.devices:
             (self.run.path / "devices" / f"{d.id}.yaml").write_text(
                 json.dumps(d.to_payload(), indent=1))  # JSON is YAML; exact floats
-        self.accounts = keys.ensure_devices(self.run.path, [d.id for d in s.devices])
-        self.operator = keys.ensure_operator(self.run.path)
         ids = [d.id for d in s.devices]
+        self.accounts = keys.ensure_devices(self.run.path, ids)
+        self.operator = keys.ensure_operator(self.run.path)
+        self.meter_accounts = keys.ensure_meters(self.run.path, ids) if s.billing.enabled else {}
         if s.chain.nodes == "per_group":
             size = s.chain.group_size
             self.groups = {f"group{k // size:03d}": ids[k:k + size]
@@ -111,13 +114,18 @@ class Lab:
         t = time.monotonic()
         self.say(f"chain: {s.chain.signers} signer(s), period {s.chain.period}, "
                  f"{len(self.groups)} member nodes ...")
-        fund = [self.operator.address, *(a.address for a in self.accounts.values())]
         self.network = Network.start(self.run.path, members=list(self.groups),
-                                     signers=s.chain.signers, period=s.chain.period, fund=fund)
+                                     signers=s.chain.signers, period=s.chain.period,
+                                     fund=self.funded())
         self.timings["chain_start_s"] = time.monotonic() - t
         for name, info in self.network.nodes.items():
             if info.pid:
                 self.run.record_pid(f"geth-{name}", info.pid)
+
+    def funded(self) -> list[str]:
+        """The accounts the genesis funds: the operator, every device and every meter."""
+        return [self.operator.address, *(a.address for a in self.accounts.values()),
+                *(a.address for a in self.meter_accounts.values())]
 
     def deploy(self) -> None:
         s = self.scenario
@@ -130,15 +138,30 @@ class Lab:
             s.feeder_params(), s.admm_settings(),
             [self.accounts[d.id].address for d in s.devices], self.deadline_blocks())
         self.deploy_block = int(self.coordinator.deploy_receipt["blockNumber"])
+        billing = self._deploy_billing(w3)
         self.open_block = int(w3.eth.block_number)  # set-up ends here; round 0 starts after
         self.run.write_json("lab.json", {
             "scenario": s.name, "contract": self.coordinator.address, "session": self.session,
             "deploy_block": self.deploy_block, "solver": s.admm.solver,
             "devices": {d: self.accounts[d].address for d in self.accounts},
-            "groups": self.groups, "runtime": self.runtime,
+            "groups": self.groups, "runtime": self.runtime, **billing,
         })
         self.timings["deploy_s"] = time.monotonic() - t
         self.say(f"contract {self.coordinator.address}, session {self.session} open")
+
+    def _deploy_billing(self, w3) -> dict:
+        """The Billing contract with each home's meter whitelisted (none when the scenario's
+        billing is off); its part of lab.json."""
+        from aggregator_contract.billing import Billing
+
+        self.billing = None
+        if not self.meter_accounts:
+            return {}
+        self.billing = Billing.deploy(w3, self.operator, self.coordinator.address)
+        self.billing.register_meters({m.address: self.accounts[d].address
+                                      for d, m in self.meter_accounts.items()})
+        return {"billing": {"contract": self.billing.address,
+                            "meters": {d: m.address for d, m in self.meter_accounts.items()}}}
 
     def deadline_blocks(self) -> int:
         """The round deadline in blocks. With period 0 every submission may seal a block of
@@ -200,6 +223,12 @@ class Lab:
             "bridge", "mqtt_bridge",
             ["bridge", "--url", bridge_url, *common, "--node", self.network.signers()[0],
              "--linger", "-1" if linger else "0"], self.run.logs, restart=True)
+        if self.meter_accounts:  # they follow the relays from the first slot on
+            meter_url = f"@{keys / 'meter.url'}" if self.broker.authenticated else self.mqtt_url
+            self.supervisor.python("meters", "metering",
+                                   ["--run-dir", self.run.path, "--url", meter_url,
+                                    "--node", self.network.signers()[0]],
+                                   self.run.logs, restart=True)
         self.say(f"mqtt: {self.broker.kind} broker at {self.mqtt_url}, "
                  f"{len(self.bridge_config.actuators)} actuators; `make watch` to follow")
 
@@ -234,6 +263,49 @@ class Lab:
                 "actuators_following_plan": len(self.bridge_config.actuators) - len(problems),
                 "problems": problems, "commands": report["stats"].get("commands"),
                 "ack_latency_ms_p50": lat.get("p50"), "ack_latency_ms_p99": lat.get("p99")}
+
+    # -- metering and billing ----------------------------------------------------------
+
+    def open_billing(self) -> None:
+        """The session's billing opened (its schedule is final): the meters post from here."""
+        from aggregator_contract.billing import Tariff
+
+        if self.billing is None:
+            return
+        s, b = self.scenario, self.scenario.billing
+        tariff = Tariff(delta_h=s.horizon.slot_minutes / 60,
+                        period=b.period_slots(s.horizon.slot_minutes),
+                        tol_wh=b.tolerance_wh, tol_bps=round(b.tolerance_pct * 100),
+                        imbalance_bps=round(b.imbalance_pct * 100))
+        self.billing.open_billing(self.session, tariff,
+                                  [self.accounts[d.id].address for d in s.devices])
+
+    def finish_billing(self, timeout_s: float) -> dict | None:
+        """Wait for the meters to settle every home, then the bills from chain events
+        (lab/bill.py), written to the results; None when the scenario bills nothing."""
+        from lab.bill import bills_of, write_bills
+
+        if self.billing is None:
+            return None
+        meters = self.supervisor.children["meters"]
+        deadline = time.monotonic() + timeout_s
+        while meters.proc.poll() != 0:  # a failed one is restarted by poll() and resumes
+            self.supervisor.poll()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the meters did not settle in {timeout_s:.0f} s; "
+                                   f"see {self.run.logs / 'meters.log'}")
+            time.sleep(0.2)
+        bills = bills_of(self.network.http_url(self.network.signers()[0]),
+                         self.run.read_json("lab.json"))
+        write_bills(self.run.results, bills)
+        st = bills["settlement"]
+        self.say(f"billing: {st['homes']} homes settled, bills ${st['bills_usd']:.2f} "
+                 f"(deviation ${st['deviation_usd']:.2f}) + remainder "
+                 f"${st['remainder_usd']:.2f} = feeder cost ${st['feeder_cost_usd']:.2f}")
+        return {"ok": bills["ok"], "problems": bills["problems"],
+                "homes_settled": sum(r["settled_on_chain"] for r in bills["homes"]),
+                "deviating_homes": [r["home"] for r in bills["homes"] if r["deviation_usd"]],
+                **st}
 
     # -- the rounds ---------------------------------------------------------------------
 
@@ -409,6 +481,7 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True,
         wall_rounds = time.monotonic() - t_rounds
         x, meta = lab.read_schedule()
         s_to_final = time.monotonic() - t0
+        lab.open_billing()
         lab.write_results(x, meta, prog)
         summary = {
             "scenario": scenario.name,
@@ -441,11 +514,15 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True,
             sc = scenario.playback
             day_s = scenario.horizon.slots * sc.seconds_per_slot
             summary["mqtt"] = lab.finish_mqtt(timeout_s=day_s + 60)
+            summary["billing"] = lab.finish_billing(timeout_s=300)
         summary.update({k: round(v, 3) for k, v in lab.timings.items()})
         summary["wall_s_total"] = round(time.monotonic() - t0, 3)
         run.write_json("results/summary.json", summary)
         if interactive:
             lab.say(f"final schedule in {run.results}; Ctrl-C or `make down` stops the lab")
+            sc = scenario.playback
+            lab.finish_billing(timeout_s=scenario.horizon.slots * sc.seconds_per_slot + 300
+                               if not sc.realtime else 86400 * 2)
             _wait_forever()
         return summary
     finally:

@@ -16,12 +16,10 @@ the ScheduleRegistry must equal it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from aggregator_contract import fixed_point as fp
 from aggregator_contract.client import Coordinator
@@ -110,26 +108,12 @@ def verify_session(coord: Coordinator, session: int, from_block: int = 0,
 
 
 def verify_run(run_dir: Path) -> Verdict:
-    """Verify a run folder's session through its signer's node; when the run's chain is not
-    running, it is resumed from the run folder for the check and stopped again."""
+    """Verify a run folder's session from its chain (lab/runchain.py: resumed when not
+    running)."""
     from aggregator_contract.client import connect
-    from chain.network import Network, load_nodes, rpc
+    from lab.runchain import run_chain, run_info
 
-    lab = json.loads((run_dir / "lab.json").read_text())
-    nodes = load_nodes(run_dir)
-    signer = next(n for n in nodes.values() if n.role == "signer")
-    net = None
-    try:
-        rpc(signer.http_url, "web3_clientVersion", timeout=1)
-    except Exception:  # noqa: BLE001 - not running: resume it from its data
-        chain = yaml.safe_load((run_dir / "scenario.yaml").read_text()).get("chain") or {}
-        members = [n.name for n in nodes.values() if n.role == "member"]
-        signers = sum(1 for n in nodes.values() if n.role == "signer")
-        net = Network.start(run_dir, members=members, signers=signers,
-                            period=int(chain.get("period", 0)))
-    try:
-        coord = Coordinator(connect(signer.http_url), lab["contract"])
+    lab = run_info(run_dir)
+    with run_chain(run_dir) as url:
+        coord = Coordinator(connect(url), lab["contract"])
         return verify_session(coord, int(lab["session"]), from_block=lab.get("deploy_block", 0))
-    finally:
-        if net is not None:
-            net.stop()

@@ -8,6 +8,8 @@ contract (aggregator_contract/Billing.vy, docs/billing.md).
                         with the scenario's deviations applied (billing.deviations).
     metering.tasmota    TasmotaSensorMeter: a real meter's `tele/<topic>/SENSOR` ENERGY
                         telemetry (Total, ExportActive) turned into the same slot readings.
+    metering.run        the meters of a run (`python -m metering`, started by `lab run`):
+                        record the day, then deposit, post and settle each home.
     metering.post       the readings to the chain: per slot, or hourly totals each with a
                         hash commitment of its slot readings.
 """

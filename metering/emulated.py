@@ -8,23 +8,28 @@ What it measures, honestly:
   in the reading; the schedule is not copied. Sampling at mid-slot makes the reading
   insensitive to command latency below half a slot (the playback's `seconds_per_slot`).
 - every other component (fixed loads, PV, batteries, EVs, thermal loads, deferrables, and
-  switched loads on real devices) has no emulated device: its metered power is the
-  component's scheduled power (the home's own split of its final x_i, re-derived the way the
-  device process derives it) with the scenario's deviations applied, e.g. a PV forecast
+  switched loads on real devices) has no emulated device: its metered power is what the
+  home's controller makes it draw to realise the final x_i around the measured switched
+  loads (EmulatedMeter.realise: the flexible components absorb the on/off rounding of the
+  switched loads where they can), then the scenario's deviations apply, e.g. a PV forecast
   error factor, or a bulb switched by hand (`billing.deviations`).
 Readings are Wh per slot, rounded to the nearest Wh, import positive.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mqtt_bridge.config import Actuator
+
+MISMATCH_PER_KW = 10.0  # $/kW per slot: above any component's own marginal cost, low enough to keep the solve accurate
 
 
 def relay_slots(changes: Sequence[tuple[float, bool]], day_start: float,
@@ -43,12 +48,24 @@ def relay_slots(changes: Sequence[tuple[float, bool]], day_start: float,
 
 class RelayRecorder:
     """Follows the reports of emulated actuators on MQTT (each convention's report topics):
-    every state a device reports, with the time it arrived."""
+    every state a device reports, with the time it arrived. With a journal (a JSON-lines
+    file), every report is appended to it and a new recorder starts from what it holds: a
+    meter process restarted mid-day keeps the morning."""
 
-    def __init__(self, actuators: Iterable[Actuator], url: str) -> None:
+    def __init__(self, actuators: Iterable[Actuator], url: str,
+                 journal: Path | None = None) -> None:
         self.acts = [a for a in actuators if not a.real]
         self.url = url
         self.changes: dict[str, list[tuple[float, bool]]] = {a.id: [] for a in self.acts}
+        self.journal = journal
+        if journal is not None and journal.exists():
+            for line in journal.read_text().splitlines():
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill
+                if e.get("actuator") in self.changes:
+                    self.changes[e["actuator"]].append((float(e["t"]), bool(e["on"])))
         self._by_topic: dict[str, list[Actuator]] = {}
         for a in self.acts:
             for t in a.convention.report_topics():
@@ -74,6 +91,11 @@ class RelayRecorder:
             if rep.state is not None:
                 with self._lock:
                     self.changes[a.id].append((now, bool(rep.state)))
+                    if self.journal is not None:
+                        self.journal.parent.mkdir(parents=True, exist_ok=True)
+                        with self.journal.open("a") as f:
+                            f.write(json.dumps({"actuator": a.id, "t": now,
+                                                "on": bool(rep.state)}) + "\n")
 
     def stop(self) -> None:
         c, self._client = self._client, None
@@ -95,27 +117,41 @@ class EmulatedMeter:
         self.spec = spec
         self.deviations = [d for d in deviations if d.device == spec.id]
 
-    def component_split(self, x_final: np.ndarray, solver: str = "CLARABEL"
-                        ) -> dict[str, np.ndarray]:
-        """The home's components in the cheapest realisation of its final x_i: what its
-        device process planned (LocalProblem.split, as device_node.agent does)."""
-        from device_node.local_step import LocalProblem
+    def realise(self, x_final: np.ndarray, switched_kw: Mapping[str, np.ndarray]
+                ) -> dict[str, np.ndarray]:
+        """Each component's power when the home's controller realises its final x_i with
+        the switched loads drawing what was measured (rated kW while their relay was on).
+        The on/off plan rounds the schedule's relaxed switched power (0 <= p_t <= P) to whole
+        slots; a home with flexible components (battery, thermal, deferrable, curtailable)
+        absorbs that rounding at its own cheapest cost, as a home energy manager would, and
+        what it cannot absorb is left to show at the meter: the cheapest realisation of
+        min f(p) + M * sum_t |sum_c p_c,t - x_t| with the switched loads fixed."""
+        import cvxpy as cp
 
-        return LocalProblem(self.spec, solver=solver).split(x_final)
+        from scenario.home import build_home
 
-    def measure(self, parts: Mapping[str, np.ndarray],
-                relays: Mapping[str, Sequence[bool]]) -> dict[str, np.ndarray]:
+        home = build_home(self.spec)
+        fixed = [c.power == np.asarray(switched_kw[c.id], dtype=float)
+                 for c in home.components if c.id in switched_kw]
+        miss = cp.sum(cp.abs(home.power - np.asarray(x_final, dtype=float)))
+        prob = cp.Problem(cp.Minimize(home.cost + MISMATCH_PER_KW * miss),
+                          [*home.constraints, *fixed])
+        prob.solve(solver="CLARABEL")
+        if prob.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+            raise RuntimeError(f"meter of {self.spec.id}: no realisation of the schedule with "
+                               f"the measured relays ({prob.status})")
+        return home.component_power()
+
+    def measure(self, x_final: np.ndarray, relays: Mapping[str, Sequence[bool]]
+                ) -> dict[str, np.ndarray]:
         """Each component's metered kW per slot: relays (component id -> state per slot) for
-        the switched loads measured on MQTT, the scheduled power otherwise; then the
-        deviations."""
+        the switched loads measured on MQTT (rated kW while on), the other components as the
+        home realises its x_i around them (`realise`); then the scenario's deviations."""
         comps = {c.id: c for c in self.spec.components}
-        out = {}
-        for cid, p in parts.items():
-            if cid in relays:
-                out[cid] = np.array([comps[cid].params["rated_kw"] if on else 0.0
-                                     for on in relays[cid]])
-            else:
-                out[cid] = np.asarray(p, dtype=float).copy()
+        switched = {cid: np.array([comps[cid].params["rated_kw"] if on else 0.0 for on in st])
+                    for cid, st in relays.items()}
+        out = self.realise(x_final, switched)
+        out.update(switched)
         for d in self.deviations:
             a, b = d.slots if d.slots is not None else (0, len(next(iter(out.values()))))
             if d.switch is not None:

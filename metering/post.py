@@ -11,7 +11,7 @@ transaction (the contract takes consecutive readings).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from aggregator_contract.billing import Billing, commitment, salt_for
@@ -22,12 +22,20 @@ def periods(slot_wh: Sequence[int], period: int) -> list[int]:
 
 
 def post_readings(billing: Billing, session: int, slot_wh: Sequence[int], period: int = 1,
-                  secret: bytes = b"", batch: int = 24) -> list[Any]:
-    """Post a home's day through its meter's client (`billing` signs with the meter key);
-    returns the receipts."""
+                  secret: bytes = b"", batch: int = 24, skip: Collection[int] = ()
+                  ) -> list[Any]:
+    """Post a home's day through its meter's client (`billing` signs with the meter key),
+    except the reading periods in `skip` (already on chain); returns the receipts."""
     values = periods(slot_wh, period)
     coms = [commitment(slot_wh[p * period:(p + 1) * period], salt_for(secret, session, p))
             for p in range(len(values))] if period > 1 else []
-    pending = [billing.post(session, k, values[k:k + batch], coms[k:k + batch], wait=False)
-               for k in range(0, len(values), batch)]
+    runs: list[tuple[int, int]] = []  # [first, end) of consecutive periods to post
+    for p in range(len(values)):
+        if p in skip:
+            continue
+        if runs and runs[-1][1] == p and p - runs[-1][0] < batch:
+            runs[-1] = (runs[-1][0], p + 1)
+        else:
+            runs.append((p, p + 1))
+    pending = [billing.post(session, a, values[a:b], coms[a:b], wait=False) for a, b in runs]
     return [p.receipt() for p in pending]

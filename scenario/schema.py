@@ -178,8 +178,7 @@ class BillingSpec(BaseModel):
 
     model_config = _STRICT
 
-    enabled: bool = Field(True, description="meter and settle every home after the playback "
-                          "(read by the orchestrator once `lab run` meters; not yet)")
+    enabled: bool = Field(True, description="meter and settle every home after the playback")
     readings: Literal["slot", "hourly"] = Field("slot", description="per-slot readings, or "
                                                 "hourly totals with a hash of the slot readings")
     tolerance_wh: int = Field(20, ge=0, description="deviation tolerance per reading (Wh)")
@@ -188,6 +187,10 @@ class BillingSpec(BaseModel):
                                  "tolerance is charged at this % of the reading's |price|")
     deposit_usd: float = Field(50.0, ge=0, description="each home's deposit (1 ether = 1 $)")
     deviations: list[DeviationSpec] = Field(default_factory=list)
+
+    def period_slots(self, slot_minutes: float) -> int:
+        """Slots per reading: 1, or an hour's worth with hourly readings."""
+        return max(1, round(60 / slot_minutes)) if self.readings == "hourly" else 1
 
 
 class DeviceSpec(BaseModel):
@@ -311,6 +314,12 @@ class Scenario(BaseModel):
             if dv.slots is not None and dv.slots[1] > self.horizon.slots:
                 fail(f"slots within [0, {self.horizon.slots}]", list(dv.slots),
                      at=f"billing.deviations[{k}].slots")
+        if self.billing.readings == "hourly":
+            k = self.billing.period_slots(self.horizon.slot_minutes)
+            if k * self.horizon.slot_minutes != 60 or 100 % k or self.horizon.slots % k:
+                fail("hourly readings need slots that fit an hour (60 / slot_minutes a "
+                     "divisor of 100) and a whole number of hours in the horizon",
+                     self.billing.readings, at="billing.readings")
         raw = (info.context or {}).get("doc", {}).get("feeder")
         self._feeder_can_hold(raw if isinstance(raw, Mapping) else {})
         return self

@@ -1,0 +1,44 @@
+"""The chain of a run folder, for commands that read it after the fact (`lab verify`,
+`lab bill`): the running lab's node when it answers, else the run's chain resumed from its
+data folders for the duration and stopped again."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+
+def run_info(run_dir: Path) -> dict:
+    """The run's lab.json (contract, session, devices, deploy block, billing)."""
+    f = Path(run_dir) / "lab.json"
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {f}: not a run folder with a deployed contract ({e})") from None
+
+
+@contextmanager
+def run_chain(run_dir: Path) -> Iterator[str]:
+    """The RPC URL of a node of the run's chain (its first signer)."""
+    from chain.network import Network, load_nodes, rpc
+
+    nodes = load_nodes(run_dir)
+    signer = next(n for n in nodes.values() if n.role == "signer")
+    net = None
+    try:
+        rpc(signer.http_url, "web3_clientVersion", timeout=1)
+    except Exception:  # noqa: BLE001 - not running: resume it from its data
+        chain = yaml.safe_load((run_dir / "scenario.yaml").read_text()).get("chain") or {}
+        members = [n.name for n in nodes.values() if n.role == "member"]
+        signers = sum(1 for n in nodes.values() if n.role == "signer")
+        net = Network.start(run_dir, members=members, signers=signers,
+                            period=int(chain.get("period", 0)))
+    try:
+        yield signer.http_url
+    finally:
+        if net is not None:
+            net.stop()
