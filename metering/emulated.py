@@ -29,7 +29,9 @@ import numpy as np
 
 from mqtt_bridge.config import Actuator
 
-MISMATCH_PER_KW = 10.0  # $/kW per slot: above any component's own marginal cost, low enough to keep the solve accurate
+# $/kW per slot of mismatch: above any component's own marginal cost, and low enough to keep
+# the solve well conditioned
+MISMATCH_PER_KW = 10.0
 
 
 def relay_slots(changes: Sequence[tuple[float, bool]], day_start: float,
@@ -131,16 +133,20 @@ class EmulatedMeter:
         from scenario.home import build_home
 
         home = build_home(self.spec)
-        fixed = [c.power == np.asarray(switched_kw[c.id], dtype=float)
-                 for c in home.components if c.id in switched_kw]
-        miss = cp.sum(cp.abs(home.power - np.asarray(x_final, dtype=float)))
-        prob = cp.Problem(cp.Minimize(home.cost + MISMATCH_PER_KW * miss),
-                          [*home.constraints, *fixed])
+        free = [c for c in home.components if c.id not in switched_kw]
+        fixed = sum((np.asarray(v, dtype=float) for v in switched_kw.values()),
+                    np.zeros(self.spec.horizon.slots))
+        # a measured relay is what it is, within its window and energy or not
+        power = cp.sum([c.power for c in free], axis=0) if len(free) > 1 else free[0].power
+        miss = cp.sum(cp.abs(power + fixed - np.asarray(x_final, dtype=float)))
+        prob = cp.Problem(cp.Minimize(cp.sum([c.cost for c in free]) + MISMATCH_PER_KW * miss),
+                          [k for c in free for k in c.constraints])
         prob.solve(solver="CLARABEL")
         if prob.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
             raise RuntimeError(f"meter of {self.spec.id}: no realisation of the schedule with "
                                f"the measured relays ({prob.status})")
-        return home.component_power()
+        out = {c.id: np.asarray(c.power.value, dtype=float).reshape(-1) for c in free}
+        return {**out, **{k: np.asarray(v, dtype=float) for k, v in switched_kw.items()}}
 
     def measure(self, x_final: np.ndarray, relays: Mapping[str, Sequence[bool]]
                 ) -> dict[str, np.ndarray]:
@@ -151,7 +157,6 @@ class EmulatedMeter:
         switched = {cid: np.array([comps[cid].params["rated_kw"] if on else 0.0 for on in st])
                     for cid, st in relays.items()}
         out = self.realise(x_final, switched)
-        out.update(switched)
         for d in self.deviations:
             a, b = d.slots if d.slots is not None else (0, len(next(iter(out.values()))))
             if d.switch is not None:

@@ -121,6 +121,20 @@ def test_homes3_end_to_end(runs):
     assert verdict["ok"] and verdict["rounds"] == summary["rounds"]
     assert verdict["max_dev_kw"] <= 1e-5
     _assert_nothing_left(run_dir)  # verify stopped what it resumed
+    # every home metered and settled; the bills replay from chain events alone
+    billing = summary["billing"]
+    assert billing["ok"] and billing["homes_settled"] == 3, billing["problems"]
+    assert billing["identity_exact"] and billing["linear_equal_exactly"]
+    assert "home01" in billing["deviating_homes"]  # its PV produced 70 % of the forecast
+    for f in (run_dir / "keys" / "meters").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    assert (res / "bills.csv").read_text().count("\n") == 4  # header + 3 homes
+    bill = subprocess.run(lab_cmd("bill", str(run_dir)), capture_output=True, text=True,
+                          timeout=300, env=_env(), cwd=REPO)
+    assert bill.returncode == 0, bill.stdout + bill.stderr[-2000:]
+    again = json.loads(bill.stdout.strip().splitlines()[-1])
+    assert again["ok"] and again["bills_usd"] == billing["bills_usd"]
+    _assert_nothing_left(run_dir)
 
 
 def test_device_process_killed_mid_run_still_finalizes(runs):
