@@ -16,7 +16,12 @@ figures are the receipts' gasUsed, every transaction counted:
 - first_round_surcharge: median non-closing submission of round 0 minus that of the later
   rounds (0: the session's storage is written by open_session, not by the devices);
 - open_session_gas, register_gas, deploy_gas (registry + coordinator + bind),
-  runtime_bytes of both contracts (EIP-170 limit 24,576).
+  runtime_bytes of both contracts (EIP-170 limit 24,576);
+- billing (aggregator_contract/Billing.vy), on the finalized session, for min(N, 10) homes,
+  each with its own meter key: per-slot readings posted 24 per transaction, and hourly
+  totals with their commitments (a second Billing contract, reading period 4 slots); gas
+  per reading (a transaction's gas over its readings), the largest posting transaction,
+  and the settlement of a home (median and max), per mode.
 One JSON line per N on stdout.
 """
 
@@ -35,6 +40,8 @@ from aggregator_contract.client import Coordinator, connect
 from aggregator_contract.compile import load as load_artifact
 from aggregator_contract.reference import AdmmSettings, Feeder
 
+BILLED_HOMES = 10  # homes metered and settled per N (billing gas does not depend on N)
+
 
 def _feeder(slots: int, devices: int) -> Feeder:
     hours = np.arange(slots) * 24.0 / slots
@@ -52,10 +59,13 @@ def run(slots: int, devices: int, rounds: int) -> dict:
     t0 = time.monotonic()
     operator = Account.from_key(keccak(text="bench operator"))
     accts = [Account.from_key(keccak(text=f"bench device {i}")) for i in range(devices)]
+    meters = [Account.from_key(keccak(text=f"bench meter {i}"))
+              for i in range(min(devices, BILLED_HOMES))]
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="bench-gas-") as run_dir:
         net = Network.start(run_dir, members=0, signers=1, period=0,
-                            fund=[operator.address, *(a.address for a in accts)])
+                            fund=[operator.address, *(a.address for a in accts),
+                                  *(m.address for m in meters)])
         try:
             w3 = connect(net.http_url(net.signers()[0]))
             coord = Coordinator.deploy(w3, operator)
@@ -75,6 +85,8 @@ def run(slots: int, devices: int, rounds: int) -> dict:
                 closing.append(int(clients[-1].submit(sid, k, rng.uniform(-8, 8, slots))
                                    ["gasUsed"]))
             assert coord.is_finalized(sid), "session did not finalize after max rounds"
+            billing = _billing_gas(w3, operator, coord, sid, clients[:len(meters)], meters,
+                                   slots, rng)
             version = w3.client_version
         finally:
             net.stop()
@@ -96,9 +108,47 @@ def run(slots: int, devices: int, rounds: int) -> dict:
         "deploy_gas": sum(coord.deploy_gas.values()),
         "runtime_bytes": {n: load_artifact(n).runtime_size
                           for n in ("Coordinator", "ScheduleRegistry")},
+        "billing": billing,
         "wall_s": round(time.monotonic() - t0, 1),
         "measured_on": version,
     }
+
+
+def _billing_gas(w3, operator, coord: Coordinator, sid: int, homes: list[Coordinator],
+                 meters: list, slots: int, rng: np.random.Generator) -> dict:
+    """Post a day of readings for each home and settle it, per slot and hourly."""
+    from aggregator_contract.billing import Billing, Tariff
+    from metering.post import post_readings
+
+    for h in homes:  # the settlement reads each home's schedule from the registry
+        h.publish_schedule(sid)
+    out: dict = {"homes": len(homes)}
+    for mode, period in (("slot", 1), ("hourly", 4)):
+        if slots % period:
+            continue
+        bill = Billing.deploy(w3, operator, coord.address)
+        bill.register_meters({m.address: h.account.address
+                              for m, h in zip(meters, homes, strict=True)})
+        bill.open_billing(sid, Tariff(delta_h=24.0 / slots, period=period),
+                          [h.account.address for h in homes])
+        per_reading: list[float] = []
+        tx_max = 0
+        for m in meters:
+            wh = [int(v) for v in rng.integers(-2000, 2000, slots)]
+            batch = 24
+            for r in post_readings(bill.with_account(m), sid, wh, period,
+                                   secret=bytes(m.key), batch=batch):
+                n = len(bill.contract.events.Readings().process_receipt(r)[0]["args"]["wh"])
+                per_reading.append(int(r["gasUsed"]) / n)
+                tx_max = max(tx_max, int(r["gasUsed"]))
+        settle = [int(bill.settle(sid, h.account.address)["gasUsed"]) for h in homes]
+        out[mode] = {"post_gas_per_reading_median": round(statistics.median(per_reading)),
+                     "post_tx_gas_max": tx_max,
+                     "settle_gas_median": int(statistics.median(settle)),
+                     "settle_gas_max": max(settle)}
+    out["deploy_gas"] = int(bill.deploy_receipt["gasUsed"])
+    out["runtime_bytes"] = load_artifact("Billing").runtime_size
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

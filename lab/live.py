@@ -480,7 +480,14 @@ async def serve(run_dir: Path, port: int | None = None) -> None:
     chain = ChainFollower(run_dir, state, stop)
     bridge = BridgeFollower(run_dir, state, stop)
     state.set("run", {"name": run_dir.name, "path": str(run_dir)})
-    for name, target in (("live-chain", chain.run), ("live-bridge", bridge.run)):
+
+    def bills() -> None:  # written once, by the orchestrator after settlement (lab/bill.py)
+        got = _read_json(run_dir / "results" / "bills.json", stop)
+        if got is not None:
+            state.set("bills", got)
+
+    for name, target in (("live-chain", chain.run), ("live-bridge", bridge.run),
+                         ("live-bills", bills)):
         threading.Thread(target=target, name=name, daemon=True).start()
     runner = web.AppRunner(make_app(state, chain), access_log=None)
     await runner.setup()

@@ -59,6 +59,16 @@ SAMPLE_JS = r"""(() => {
 })()"""
 
 
+BILLS_JS = """(() => {
+  const t = document.querySelector('#bills-table');
+  if (!t) return null;
+  return {rows: [...t.tBodies[0].rows].map((r) => [r.cells[0].textContent,
+                                                  r.cells[7].textContent]),
+          identity: document.querySelector('#bills-identity').textContent,
+          status: document.querySelector('#bills-status').className};
+})()"""
+
+
 class Chromium:
     """Headless Chromium and one page, over the DevTools protocol (JSON over a WebSocket)."""
 
@@ -224,6 +234,27 @@ def test_live_page_follows_a_homes3_run(runs, tmp_path):
     # stopped with the lab: its port no longer answers
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", int(url.rstrip("/").rsplit(":", 1)[1]))) != 0
+    # the bills, on the page of the finished run (its server started again on the folder)
+    bills = json.loads((res / "bills.json").read_text())
+    (run_dir / "live" / "url").unlink()
+    again = subprocess.Popen([sys.executable, "-m", "lab.live", "--run-dir", str(run_dir)],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    browser = Chromium(tmp_path / "chromium2")
+    try:
+        deadline = time.monotonic() + 60
+        while not (run_dir / "live" / "url").exists():
+            assert time.monotonic() < deadline and again.poll() is None, "no live server"
+            time.sleep(0.1)
+        browser.call("Page.navigate", url=(run_dir / "live" / "url").read_text().strip())
+        while not ((shown := browser.evaluate(BILLS_JS)) and shown["rows"]):
+            assert time.monotonic() < deadline, "the bills did not show"
+            time.sleep(0.2)
+    finally:
+        browser.close()
+        again.terminate()
+        again.wait(timeout=10)
+    assert shown["rows"] == [[h["home"], f"{h['total_usd']:.4f}"] for h in bills["homes"]]
+    assert "(exact)" in shown["identity"] and "ok" in shown["status"]
 
 
 def test_page_is_self_contained_and_streams_a_snapshot(tmp_path):

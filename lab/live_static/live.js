@@ -295,6 +295,28 @@ function renderVerify() {
   $("verify-problems").replaceChildren(...(v.problems || []).map((p) => el("li", {}, p)));
 }
 
+function renderBills() {
+  const b = S.bills;
+  if (!b) return;
+  const st = $("bills-status");
+  st.textContent = b.ok ? "settled, replayed from the chain" : "replay differs";
+  st.className = `badge ${b.ok ? "ok" : "bad"}`;
+  const f = (v, d) => Number(v).toFixed(d);
+  $("bills-table").tBodies[0].replaceChildren(...b.homes.map((h) => {
+    const tr = el("tr");
+    tr.append(...[h.home, f(h.import_kwh, 3), f(h.export_kwh, 3), f(h.deviation_kwh, 3),
+      f(h.energy_usd, 4), f(h.export_usd, 4), f(h.deviation_usd, 4), f(h.total_usd, 4),
+      h.settled_on_chain ? "yes" : "NO"].map((c) => el("td", {}, c)));
+    return tr;
+  }));
+  const s = b.settlement;
+  $("bills-identity").textContent = `bills $${f(s.bills_usd, 4)} + remainder ` +
+    `$${f(s.remainder_usd, 4)} (congestion $${f(s.congestion_usd, 4)} − deviation ` +
+    `$${f(s.deviation_usd, 4)}) = feeder cost of the metered aggregate ` +
+    `$${f(s.feeder_cost_usd, 4)}` + (s.identity_exact ? " (exact)" : " (NOT exact)");
+  $("bills-problems").replaceChildren(...(b.problems || []).map((p) => el("li", {}, p)));
+}
+
 function clock(start, minutes) {
   // the scenario's wall-clock time of a slot (start "YYYY-MM-DDTHH:MM", local)
   const m = /T(\d\d):(\d\d)/.exec(start || "");
@@ -407,6 +429,7 @@ const RENDER = {
   chain: renderChain,
   chain_error: renderChainError,
   verify: renderVerify,
+  bills: renderBills,
   actuators: renderActuators,
   plans: renderActuators,
   day: renderActuators,
