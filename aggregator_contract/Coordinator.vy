@@ -47,16 +47,23 @@
 
      Limits, checked by open_session: T <= 384, N <= 4096, and with B the largest |bound|
      of the participants, N*B < 2^62 (S fits its lane) and N*T*B^2 < 2^118 (SQX, SQDX fit
-     their 127 bits). rho stays within [RHO_MIN, RHO_MAX]. If u leaves int64 (a diverging
-     session), the round finalizes as not converged instead of reverting: no session can be
-     left stuck.
+     their 127 bits). No close can revert, however a session diverges: step 6 clamps rho
+     to [RHO_MIN, RHO_MAX] = [1e-9, 1e9] (the factor f is limited so that rho f stays
+     inside), and u saturates at +-(2^63 - 1) nkW, its lane's range, both after step 4
+     and after the rescaling by 1/f (fixed_round.py and reference.py apply the same rule).
+     A session that will not converge ends at max_rounds, or earlier by `end_session`.
+
+     Round deadlines are in seconds of block time: `advance` is allowed once
+     block.timestamp >= the round's start + deadline_s (a signer with period 0 can seal
+     blocks at will, but not ahead of its clock).
+     Operator hand-over is two-step (propose_operator, then accept_operator by the new
+     operator). A device's bounds are frozen while it takes part in an open session.
 """
 
 MAX_SLOTS: constant(uint256) = 384
 LANES: constant(uint256) = 4
 MAX_WORDS: constant(uint256) = 96  # MAX_SLOTS // LANES
 MAX_DEVICES: constant(uint256) = 4096
-MAX_PLAN_WORDS: constant(uint256) = 32  # on/off plans: 256 slots a word, e.g. 16 actuators x 2
 LANE_MASK: constant(uint256) = 2**64 - 1
 MAX_LANE: constant(int256) = 2**63 - 1
 BIAS: constant(int256) = 2**63  # S and SNAP lanes hold value + BIAS
@@ -87,12 +94,14 @@ ACC_MARK: constant(uint256) = 1 << 255
 M127: constant(uint256) = 2**127 - 1
 M128: constant(uint256) = 2**128 - 1
 # `status`, the hot state read by every submission:
-# round | submitted << 64 | N << 96 | T << 128 | finalized << 160 | session << 192
+# round | submitted << 64 | N << 96 | T << 128 | finalized << 160 | ended << 161 |
+# session << 192
 ST_SUBMITTED: constant(uint256) = 64
 ST_N: constant(uint256) = 96
 ST_SLOTS: constant(uint256) = 128
 ST_FINAL: constant(uint256) = 160
 ST_SESSION: constant(uint256) = 192
+ST_ENDED: constant(uint256) = 161  # ended by the operator (end_session); ST_FINAL set too
 ROUND_MASK: constant(uint256) = 2**64 - 1
 M32: constant(uint256) = 2**32 - 1
 # a whitelisted device's word: registered bit 128 | zigzag(max) << 64 | zigzag(min)
@@ -121,7 +130,7 @@ struct AdmmParams:
     mu_wad: int256
     tau_wad: int256
     max_rounds: uint256
-    deadline_blocks: uint256
+    deadline_s: uint256  # round deadline, seconds of block time after the round starts
     alpha_wad: int256  # over-relaxation, in [1, 2)
     viol_tol_nkw: int256  # the stopping rule's largest excess over C or below -E
 
@@ -131,7 +140,7 @@ struct Current:
     session: uint256
     round: uint256
     rho_wad: int256
-    deadline: uint256
+    deadline: uint256  # block timestamp from which the round may be advanced
     submitted: uint256
     xbar: DynArray[int256, MAX_SLOTS]
     zbar: DynArray[int256, MAX_SLOTS]
@@ -177,14 +186,17 @@ struct CloseSums:
 
 
 interface ScheduleRegistry:
-    def record_final(session: uint256, f: Final): nonpayable
-    def store_schedule(session: uint256, device: address, x: DynArray[uint256, MAX_WORDS]): nonpayable
-    def store_plan(session: uint256, device: address, words: DynArray[uint256, MAX_PLAN_WORDS]): nonpayable
+    def record_final(session: uint256, f: Final, ended: bool): nonpayable
 
 
 event OperatorChanged:
     previous: indexed(address)
     operator: indexed(address)
+
+
+event OperatorProposed:
+    operator: indexed(address)
+    pending: indexed(address)
 
 
 event DeviceRegistered:
@@ -232,10 +244,11 @@ event Finalized:
     session: indexed(uint256)
     round: uint256
     converged: bool
-    diverged: bool
+    ended: bool  # ended unconverged by the operator (end_session)
 
 
 operator: public(address)
+pending_operator: public(address)  # proposed by the operator, until it accepts
 registry: public(immutable(address))
 BLUEPRINT: immutable(address)  # ERC-5202 blueprint: initcode that returns its arguments
 device_word: HashMap[address, uint256]
@@ -243,12 +256,12 @@ dev: HashMap[address, uint256]  # see DEV_* above
 
 status: uint256  # see ST_* above
 # the latest session's AdmmParams in 4 words (a close reads 4 slots, not 12): delta | gamma
-# << 128; eps_abs | eps_rel << 64 | mu << 128; tau | max_rounds << 128 | deadline_blocks
+# << 128; eps_abs | eps_rel << 64 | mu << 128; tau | max_rounds << 128 | deadline_s
 # << 160 | slots << 192; alpha | viol_tol << 128. rho0 is only needed at open (readers
 # take every parameter from the SessionOpened event).
 params_w: uint256[4]
 rho0_wad: int256
-round_deadline: public(uint256)  # block number after which anyone may advance
+round_deadline: public(uint256)  # block timestamp from which the round may be advanced
 rho_wad: public(int256)
 acc: uint256  # see ACC_* above
 
@@ -289,29 +302,45 @@ def __init__(registry_: address, blueprint_: address):
 
 
 @external
-def set_operator(new_operator: address):
+def propose_operator(new_operator: address):
     """
-    @notice Hand the operator role to `new_operator`.
-    @param new_operator The new operator (non-zero).
+    @notice Step 1 of the operator hand-over: name the next operator, who takes the role
+            only by calling `accept_operator`. A new proposal replaces the pending one;
+            the zero address withdraws it.
+    @param new_operator The proposed operator.
     """
     self._only_operator()
-    assert new_operator != empty(address), "zero operator"
-    log OperatorChanged(previous=self.operator, operator=new_operator)
-    self.operator = new_operator
+    self.pending_operator = new_operator
+    log OperatorProposed(operator=msg.sender, pending=new_operator)
+
+
+@external
+def accept_operator():
+    """
+    @notice Step 2 of the operator hand-over: the pending operator takes the role.
+    """
+    assert msg.sender == self.pending_operator, "not the pending operator"
+    log OperatorChanged(previous=self.operator, operator=msg.sender)
+    self.operator = msg.sender
+    self.pending_operator = empty(address)
 
 
 @external
 def register_devices(entries: DynArray[DeviceBounds, MAX_DEVICES]):
     """
-    @notice Whitelist devices with their power bounds (1e-9 kW), or update their bounds
-            while no session is in progress.
+    @notice Whitelist devices with their power bounds (1e-9 kW), or update their bounds.
+            A device's bounds are frozen while it takes part in the open session (refused
+            with "device in open session"); others may be added or re-bounded any time.
     @param entries (device, min_nkw, max_nkw) with min_nkw <= max_nkw within int64.
     """
     self._only_operator()
     status: uint256 = self.status
-    assert status >> ST_SESSION == 0 or (status >> ST_FINAL) & 1 == 1, "session in progress"
+    sid: uint256 = 0  # the open session, 0 if none
+    if (status >> ST_FINAL) & 1 == 0:
+        sid = status >> ST_SESSION
     for e: DeviceBounds in entries:
         assert e.device != empty(address), "zero device"
+        assert sid == 0 or self.dev[e.device] >> DEV_SESSION != sid, "device in open session"
         assert e.min_nkw <= e.max_nkw, "min above max"
         assert e.min_nkw >= -MAX_LANE and e.max_nkw <= MAX_LANE, "bound beyond int64"
         self.device_word[e.device] = REGISTERED | (self._enc(e.max_nkw) << 64) | self._enc(
@@ -333,7 +362,7 @@ def open_session(
             Round 0 starts with xbar = zbar = u = 0, rho = rho0, every x_i = 0.
     @param p Scalars, refused with "bad <name>" outside: T in [1, 384], delta in (0, 2^100)
            (WAD h), gamma in [0, 1e12], rho0 in [1e-9, 1e9], eps_abs and eps_rel in [0, 1],
-           mu in [1, 1000], tau in [1, 100], max_rounds and deadline_blocks in [1, 2^32),
+           mu in [1, 1000], tau in [1, 100], max_rounds and deadline_s in [1, 2^32),
            alpha in [1, 2), viol_tol in [0, 2^63) nkW (WAD = 1e18 for the dimensionless).
     @param price Packed pi (1e-9 $/kWh), ceil(T/4) words.
     @param capacity Packed C (1e-9 kW, >= 0), ceil(T/4) words.
@@ -359,8 +388,8 @@ def open_session(
     assert p.mu_wad >= WAD and p.mu_wad <= 10**21 and p.tau_wad >= WAD and (
         p.tau_wad <= 10**20
     ), "bad mu or tau"
-    assert p.max_rounds > 0 and p.max_rounds < 2**32 and p.deadline_blocks > 0 and (
-        p.deadline_blocks < 2**32
+    assert p.max_rounds > 0 and p.max_rounds < 2**32 and p.deadline_s > 0 and (
+        p.deadline_s < 2**32
     ), "bad max_rounds or deadline"
     assert p.alpha_wad >= WAD and p.alpha_wad < 2 * WAD, "bad alpha"
     assert p.viol_tol_nkw >= 0 and p.viol_tol_nkw <= MAX_LANE, "bad viol_tol"
@@ -423,7 +452,7 @@ def open_session(
         convert(p.delta_wad, uint256) | (convert(p.gamma_wad, uint256) << 128),
         convert(p.eps_abs_wad, uint256) | (convert(p.eps_rel_wad, uint256) << 64)
         | (convert(p.mu_wad, uint256) << 128),
-        convert(p.tau_wad, uint256) | (p.max_rounds << 128) | (p.deadline_blocks << 160)
+        convert(p.tau_wad, uint256) | (p.max_rounds << 128) | (p.deadline_s << 160)
         | (p.slots << 192),
         convert(p.alpha_wad, uint256) | (convert(p.viol_tol_nkw, uint256) << 128),
     ]
@@ -431,7 +460,7 @@ def open_session(
     self.status = (sid << ST_SESSION) | (p.slots << ST_SLOTS) | (len(participants) << ST_N)
     self.rho_wad = p.rho0_wad
     self.acc = ACC_MARK
-    self.round_deadline = block.number + p.deadline_blocks
+    self.round_deadline = block.timestamp + p.deadline_s
     log SessionOpened(
         session=sid,
         params=p,
@@ -465,9 +494,7 @@ def submit(
     """
     dw: uint256 = self.device_word[msg.sender]
     assert dw & REGISTERED != 0, "not whitelisted"
-    status: uint256 = self.status
-    assert session != 0 and session == status >> ST_SESSION, "wrong session"
-    assert (status >> ST_FINAL) & 1 == 0, "session finalized"
+    status: uint256 = self._open(session)
     assert round == status & ROUND_MASK, "wrong round"
     st: uint256 = self.dev[msg.sender]
     assert st >> DEV_SESSION == session, "device not in session"
@@ -533,52 +560,33 @@ def submit(
 @external
 def advance(session: uint256):
     """
-    @notice After the round deadline, a participant of the session or the operator may close
-            the round: each missing device's previous x_i stands in for its submission
-            (straggler policy). Others may not: with period 0 anyone funded could otherwise
-            seal blocks past the deadline and cut a round short.
+    @notice Once the round's deadline has passed (block.timestamp >= its start + deadline_s),
+            a participant of the session or the operator may close the round: each missing
+            device's previous x_i stands in for its submission (straggler policy). Others
+            may not: a funded stranger could otherwise cut rounds short.
     @param session The current session id.
     """
-    status: uint256 = self.status
-    assert session != 0 and session == status >> ST_SESSION, "wrong session"
+    status: uint256 = self._open(session)
     assert msg.sender == self.operator or self.dev[msg.sender] >> DEV_SESSION == session, \
         "not a participant"
-    assert (status >> ST_FINAL) & 1 == 0, "session finalized"
-    assert block.number > self.round_deadline, "round deadline not reached"
+    assert block.timestamp >= self.round_deadline, "round deadline not reached"
     n: uint256 = (status >> ST_N) & M32
     self._close(session, status & ROUND_MASK, n - ((status >> ST_SUBMITTED) & M32))
 
 
 @external
-def publish_schedule(session: uint256, device: address, x: DynArray[uint256, MAX_WORDS]):
+def end_session(session: uint256):
     """
-    @notice After finalization, anyone may copy a device's final x_i into the registry:
-            it must be the device's last submission (hash checked), as in its Submitted
-            event. Possible until the device joins a later session.
-    @param session A finalized session.
-    @param device A participant that submitted in it.
-    @param x Its last submission, packed.
+    @notice End the open session unconverged (it diverges, or must stop): no submission or
+            advance is taken after this. The registry records the session as ended, not
+            converged, at the current round; each device's last submission stands as its
+            x_i (publishable to the registry like a finalized one). Emits Finalized with
+            ended = True.
+    @param session The open session's id.
     """
-    assert self._is_finalized(session), "session not finalized"
-    st: uint256 = self.dev[device]
-    assert st >> DEV_SESSION == session, "device not in session"
-    assert st & HASH_MASK != 0, "device never submitted"
-    assert self._hash(x) == st & HASH_MASK, "not the device's last submission"
-    extcall ScheduleRegistry(registry).store_schedule(session, device, x)
-
-
-@external
-def publish_plan(session: uint256, words: DynArray[uint256, MAX_PLAN_WORDS]):
-    """
-    @notice After finalization, a participant publishes the on/off plans of its switched
-            loads, derived from its final x_i by the rule of mqtt_bridge/plan.py (the
-            contract cannot check a private split; it records who said what, once).
-    @param session A finalized session the sender took part in.
-    @param words The plans, ceil(T/256) words per actuator in scenario order.
-    """
-    assert self._is_finalized(session), "session not finalized"
-    assert self.dev[msg.sender] >> DEV_SESSION == session, "device not in session"
-    extcall ScheduleRegistry(registry).store_plan(session, msg.sender, words)
+    self._only_operator()
+    status: uint256 = self._open(session)
+    self._finalize(session, status & ROUND_MASK, False, True, status)
 
 
 # ---------------------------------------------------------------- reads
@@ -751,16 +759,15 @@ def _step5_residuals(
 @pure
 def _step6_rho(res: Residuals, rho: int256, p: AdmmParams) -> (int256, int256):
     """Step 6: normalised residual balancing. When f leaves [1/mu, mu], rho <- f rho with f
-    clipped to [1/tau, tau] (and rho to [RHO_MIN, RHO_MAX]). Returns (rho_next, f): u is
-    then divided by f (WAD: unchanged)."""
+    clipped to [1/tau, tau] and then to [RHO_MIN/rho, RHO_MAX/rho], so that rho stays in
+    [RHO_MIN, RHO_MAX] (clamped again after rounding). Returns (rho_next, f): u is then
+    divided by f (WAD: unchanged)."""
     f: int256 = res.factor
     if f <= p.mu_wad and f * p.mu_wad >= WAD * WAD:
         return rho, WAD
-    f = min(max(f, self._div(WAD * WAD, p.tau_wad)), p.tau_wad)
-    nxt: int256 = self._div(rho * f, WAD)
-    if nxt < RHO_MIN or nxt > RHO_MAX:
-        return rho, WAD
-    return nxt, f
+    f = max(max(f, self._div(WAD * WAD, p.tau_wad)), self._div(RHO_MIN * WAD, rho))
+    f = min(min(f, p.tau_wad), self._div(RHO_MAX * WAD, rho))
+    return min(max(self._div(rho * f, WAD), RHO_MIN), RHO_MAX), f
 
 
 @internal
@@ -780,7 +787,6 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
     zw: DynArray[uint256, MAX_WORDS] = []
     c: CloseSums = empty(CloseSums)
     uw_out: DynArray[uint256, MAX_WORDS] = []
-    diverged: bool = False  # a u beyond int64 ends the session (never a revert)
     cb: Bytes[CONSTS_BYTES] = slice(self.consts.code, 0, CONSTS_BYTES)
     for w: uint256 in range(words, bound=MAX_WORDS):
         sw: uint256 = self.sum_w[w]
@@ -853,12 +859,11 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
             else:
                 zb = -unsafe_div(unsafe_add(-q, hden), den)
             zb = min(max(zb, -en), cn)
-            # step 4: u+ = u + xhat - zbar+ (stored now; rewritten below if rho moves)
-            un: int256 = uo + xh - zb
+            # step 4: u+ = u + xhat - zbar+, saturated to the lane (stored now; rewritten
+            # below if rho moves)
+            un: int256 = min(max(uo + xh - zb, -MAX_LANE), MAX_LANE)
             u[t] = un
-            if un > MAX_LANE or un < -MAX_LANE:
-                diverged = True
-            elif un >= 0:
+            if un >= 0:
                 uout |= convert(un, uint256) << unsafe_add(sh, 1)
             else:
                 uout |= unsafe_sub(convert(-un, uint256) << 1, 1) << sh
@@ -915,10 +920,7 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
                 t: uint256 = unsafe_add(unsafe_mul(w, LANES), j)
                 if t >= p.slots:
                     break
-                v: int256 = self._div(u[t] * WAD, f)
-                if v > MAX_LANE or v < -MAX_LANE:
-                    diverged = True
-                    v = 0
+                v: int256 = min(max(self._div(u[t] * WAD, f), -MAX_LANE), MAX_LANE)
                 out |= self._enc(v) << unsafe_mul(j, 64)
             self.u_w[w] = out ^ STATE_FLIP
             uw_out[w] = out
@@ -944,25 +946,32 @@ def _close(session: uint256, round: uint256, stragglers: uint256):
     )
 
     status: uint256 = self.status
-    if res.converged or diverged or round + 1 >= p.max_rounds:
-        self.status = status | (1 << ST_FINAL)
-        extcall ScheduleRegistry(registry).record_final(
-            session,
-            Final(
-                finalized=True,
-                converged=res.converged,
-                round=round,
-                block=block.number,
-                timestamp=block.timestamp,
-                devices=convert(n, uint256),
-                slots=p.slots,
-            ),
-        )
-        log Finalized(session=session, round=round, converged=res.converged, diverged=diverged)
+    if res.converged or round + 1 >= p.max_rounds:
+        self._finalize(session, round, res.converged, False, status)
     else:
         # next round, no submissions yet
         self.status = (status >> ST_N << ST_N) | (round + 1)
-        self.round_deadline = block.number + p.deadline_blocks
+        self.round_deadline = block.timestamp + p.deadline_s
+
+
+@internal
+def _finalize(session: uint256, round: uint256, converged: bool, ended: bool, status: uint256):
+    """Mark the session final (and ended, by the operator), record it in the registry."""
+    self.status = status | (1 << ST_FINAL) | (convert(ended, uint256) << ST_ENDED)
+    extcall ScheduleRegistry(registry).record_final(
+        session,
+        Final(
+            finalized=True,
+            converged=converged,
+            round=round,
+            block=block.number,
+            timestamp=block.timestamp,
+            devices=(status >> ST_N) & M32,
+            slots=(status >> ST_SLOTS) & M32,
+        ),
+        ended,
+    )
+    log Finalized(session=session, round=round, converged=converged, ended=ended)
 
 
 # ---------------------------------------------------------------- helpers
@@ -992,10 +1001,21 @@ def _params() -> AdmmParams:
         mu_wad=convert(w1 >> 128, int256),
         tau_wad=convert(w2 & M128, int256),
         max_rounds=(w2 >> 128) & M32,
-        deadline_blocks=(w2 >> 160) & M32,
+        deadline_s=(w2 >> 160) & M32,
         alpha_wad=convert(w3 & M128, int256),
         viol_tol_nkw=convert(w3 >> 128, int256),
     )
+
+
+@internal
+@view
+def _open(session: uint256) -> uint256:
+    """`status`, once `session` is checked to be the open session."""
+    status: uint256 = self.status
+    assert session != 0 and session == status >> ST_SESSION, "wrong session"
+    assert (status >> ST_ENDED) & 1 == 0, "session ended"
+    assert (status >> ST_FINAL) & 1 == 0, "session finalized"
+    return status
 
 
 @internal

@@ -2,17 +2,31 @@
 #pragma evm-version paris
 """
 @title ScheduleRegistry: the finalized day-ahead schedules, readable by anyone
-@notice Written only by the Coordinator it is bound to: when a session finalizes, its
-        round, block and time; then each device's final x_i (checked by the Coordinator
-        against the hash of the device's last submission) and the on/off plans a device
-        derived from it. Devices, the MQTT bridge and later a billing contract read it.
+@notice The Coordinator it is bound to records each session's end: converged, not
+        converged (max rounds), or ended unconverged by the operator (`end_session`),
+        with its round, block and time. Then anyone copies a device's final x_i here
+        (checked against the hash the Coordinator keeps of the device's last submission)
+        and each participant publishes the on/off plans it derived from it. Devices, the
+        MQTT bridge and the Billing contract read it.
 @dev Vectors are packed as in Coordinator.vy: 4 zigzag int64 lanes per word, 1e-9 kW.
      Nothing here is ever overwritten: a session's record and a device's schedule and plan
      are written once.
 """
 
 MAX_WORDS: constant(uint256) = 96  # 384 slots, 4 a word
-MAX_PLAN_WORDS: constant(uint256) = 32
+MAX_PLAN_WORDS: constant(uint256) = 32  # on/off plans: 256 slots a word
+HASH_MASK: constant(uint256) = 2**160 - 1
+
+
+# what the Coordinator keeps of a device's last submission
+struct Kept:
+    session: uint256
+    rounds: uint256
+    hash: uint256
+
+
+interface Coordinator:
+    def x_hash(device: address) -> Kept: view
 
 
 struct Final:
@@ -33,6 +47,7 @@ event SessionFinal:
     session: indexed(uint256)
     round: uint256
     converged: bool
+    ended: bool
     timestamp: uint256
 
 
@@ -50,8 +65,8 @@ event PlanPublished:
 deployer: immutable(address)
 coordinator: public(address)
 # session -> its Final packed into one word (one storage write when a round closes the
-# session): finalized | converged << 1 | round << 8 | block << 72 | timestamp << 136 |
-# devices << 200 | slots << 232
+# session): finalized | converged << 1 | ended << 2 | round << 8 | block << 72 |
+# timestamp << 136 | devices << 200 | slots << 232
 final_word: HashMap[uint256, uint256]
 M64: constant(uint256) = 2**64 - 1
 M32: constant(uint256) = 2**32 - 1
@@ -82,57 +97,63 @@ def bind(coordinator: address):
 
 
 @external
-def record_final(session: uint256, f: Final):
+def record_final(session: uint256, f: Final, ended: bool):
     """
-    @notice Record a session's finalization (round, block, time, N, T).
+    @notice Record a session's end (round, block, time, N, T). Only the Coordinator.
     @param session The session id.
     @param f Its record; `finalized` must be True.
+    @param ended True when the operator ended it unconverged (`converged` is then False).
     """
-    self._only_coordinator()
+    assert msg.sender == self.coordinator, "only coordinator"
     assert f.finalized, "not final"
     assert self.final_word[session] == 0, "already final"
     assert f.round <= M64 and f.block <= M64 and f.timestamp <= M64, "beyond 64 bits"
     assert f.devices <= M32 and f.slots <= M24, "beyond field width"
     self.final_word[session] = (
-        1 | (convert(f.converged, uint256) << 1) | (f.round << 8) | (f.block << 72)
-        | (f.timestamp << 136) | (f.devices << 200) | (f.slots << 232)
+        1 | (convert(f.converged, uint256) << 1) | (convert(ended, uint256) << 2)
+        | (f.round << 8) | (f.block << 72) | (f.timestamp << 136) | (f.devices << 200)
+        | (f.slots << 232)
     )
-    log SessionFinal(session=session, round=f.round, converged=f.converged,
+    log SessionFinal(session=session, round=f.round, converged=f.converged, ended=ended,
                      timestamp=f.timestamp)
 
 
 @external
-def store_schedule(session: uint256, device: address, x: DynArray[uint256, MAX_WORDS]):
+def publish_schedule(session: uint256, device: address, x: DynArray[uint256, MAX_WORDS]):
     """
-    @notice Store a device's final x_i (the Coordinator checked it against its last
-            submission).
-    @param session A finalized session.
-    @param device The device.
-    @param x Packed x_i, ceil(T/4) words.
+    @notice After a session's end, anyone may copy a device's final x_i here: it must be
+            the device's last submission (its hash, kept by the Coordinator, is checked),
+            as in its Submitted event. Possible until the device joins a later session.
+    @param session A finalized (or ended) session.
+    @param device A participant that submitted in it.
+    @param x Its last submission, packed (ceil(T/4) words).
     """
-    self._only_coordinator()
-    assert self.final_word[session] & 1 == 1, "session not finalized"
+    self._only_final(session)
+    k: Kept = self._kept(session, device)
+    assert k.hash != 0, "device never submitted"
+    assert convert(keccak256(abi_encode(x)), uint256) & HASH_MASK == k.hash, (
+        "not the device's last submission"
+    )
     assert len(self.schedules[session][device]) == 0, "schedule already stored"
-    assert len(x) > 0, "empty schedule"
     self.schedules[session][device] = x
     log ScheduleStored(session=session, device=device)
 
 
 @external
-def store_plan(session: uint256, device: address, words: DynArray[uint256, MAX_PLAN_WORDS]):
+def publish_plan(session: uint256, words: DynArray[uint256, MAX_PLAN_WORDS]):
     """
-    @notice Store the on/off plans a device derived from its final x_i (rule of
-            mqtt_bridge/plan.py; a private split the contracts cannot check).
-    @param session A finalized session.
-    @param device The device that published them.
-    @param words ceil(T/256) words per actuator, in scenario order.
+    @notice After a session's end, a participant publishes the on/off plans of its switched
+            loads, derived from its final x_i by the rule of mqtt_bridge/plan.py (a private
+            split no contract can check: the registry records who said what, once).
+    @param session A finalized (or ended) session the sender took part in.
+    @param words The plans, ceil(T/256) words per actuator in scenario order.
     """
-    self._only_coordinator()
-    assert self.final_word[session] & 1 == 1, "session not finalized"
+    self._only_final(session)
+    self._kept(session, msg.sender)
     assert len(words) > 0, "empty plan"
-    assert len(self.plans[session][device]) == 0, "plan already published"
-    self.plans[session][device] = words
-    log PlanPublished(session=session, device=device, words=words)
+    assert len(self.plans[session][msg.sender]) == 0, "plan already published"
+    self.plans[session][msg.sender] = words
+    log PlanPublished(session=session, device=msg.sender, words=words)
 
 
 @view
@@ -179,7 +200,28 @@ def plan(session: uint256, device: address) -> DynArray[uint256, MAX_PLAN_WORDS]
     return self.plans[session][device]
 
 
+@view
+@external
+def ended(session: uint256) -> bool:
+    """
+    @notice Whether the operator ended `session` unconverged (`end_session`).
+    @param session The session id.
+    @return True for an ended session.
+    """
+    return self.final_word[session] & 5 == 5
+
+
 @internal
 @view
-def _only_coordinator():
-    assert msg.sender == self.coordinator, "only coordinator"
+def _only_final(session: uint256):
+    assert self.final_word[session] & 1 == 1, "session not finalized"
+
+
+@internal
+@view
+def _kept(session: uint256, device: address) -> Kept:
+    """What the Coordinator keeps of `device`'s last submission; it must be of `session`
+    (a device that joined a later session can no longer publish for this one)."""
+    k: Kept = staticcall Coordinator(self.coordinator).x_hash(device)
+    assert k.session == session, "device not in session"
+    return k

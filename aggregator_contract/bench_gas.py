@@ -73,7 +73,7 @@ def run(slots: int, devices: int, rounds: int) -> dict:
                 [(a.address, -10.0, 10.0) for a in accts]))
             settings = AdmmSettings(rho0=1.0, eps_abs=0.0, eps_rel=0.0, max_rounds=rounds)
             sid = coord.open_session(_feeder(slots, devices), settings,
-                                     [a.address for a in accts], deadline_blocks=10**6)
+                                     [a.address for a in accts], deadline_s=10**6)
             open_gas = int(coord.open_receipt["gasUsed"])
             clients = [Coordinator(w3, coord.address, a) for a in accts]
             plain: list[list[int]] = []

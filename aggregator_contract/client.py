@@ -4,18 +4,21 @@ nodes, the MQTT bridge, the orchestrator and the tests.
     w3 = connect("http://127.0.0.1:8545")             # HTTP + ExtraDataToPOAMiddleware
     coord = Coordinator.deploy(w3, operator)           # deploys and binds the registry too
     coord.register_devices([(addr, min_kw, max_kw), ...])
-    sid = coord.open_session(feeder, settings, [addr, ...], deadline_blocks=20)
+    sid = coord.open_session(feeder, settings, [addr, ...], deadline_s=30)
     dev = Coordinator(w3, coord.address, device_account)
     cur = dev.current()                                # CurrentVars | None (finalized)
     dev.submit(sid, cur.round, x)                      # x: np.ndarray (kW), rounded to 1e-9
     coord.wait_for_round(sid, cur.round + 1, timeout=60)
     dev.publish_schedule(sid)                          # after finalization: x_i to the registry
     coord.schedule(sid)                                # Schedule | None before finalization
+    coord.end_session(sid)                             # operator: stop it unconverged
+    coord.propose_operator(addr); Coordinator(w3, coord.address, new).accept_operator()
     coord.rounds(sid), coord.submissions(sid)          # events: replay/verify from the chain
 
 The boundary is typed: results are decoded by field name (web3's `decode_tuples`), and
-every refusal of the contract is raised as the subclass of CoordinatorError named after its
-kind (WrongRound, NotWhitelisted, OutOfBounds, AlreadySubmitted, ...), NotMined when a
+every refusal of the contracts is raised as the subclass of CoordinatorError named after its
+kind (WrongRound and its SessionEnded, NotWhitelisted and its NotPendingOperator,
+OutOfBounds, AlreadySubmitted, BoundsFrozen, DeadlineNotReached, ...), NotMined when a
 transaction did not get mined. A caller catches the kinds it expects and nothing else.
 
 Transaction data is encoded with web3's public `Contract.encode_abi`, signed locally
@@ -79,6 +82,26 @@ class WrongRound(CoordinatorError):
     reasons = ("wrong round", "wrong session", "session finalized")
 
 
+class SessionEnded(WrongRound):
+    """The operator ended the session unconverged (`end_session`): no submission or
+    advance is taken any more. A WrongRound, so that a device waiting on the round moving
+    on sees it; the device process then stops."""
+
+    reasons = ("session ended",)
+
+
+class DeadlineNotReached(CoordinatorError):
+    """`advance` before the round's deadline (block.timestamp < round start + deadline_s)."""
+
+    reasons = ("round deadline not reached",)
+
+
+class BoundsFrozen(CoordinatorError):
+    """Re-bounding a device that takes part in the open session."""
+
+    reasons = ("device in open session",)
+
+
 class AlreadySubmitted(CoordinatorError):
     reasons = ("already submitted",)
 
@@ -88,6 +111,12 @@ class NotWhitelisted(CoordinatorError):
 
     reasons = ("not whitelisted", "device not whitelisted", "device not in session",
                "only operator", "only coordinator", "only deployer", "not a participant")
+
+
+class NotPendingOperator(NotWhitelisted):
+    """`accept_operator` by anyone but the proposed operator."""
+
+    reasons = ("not the pending operator",)
 
 
 class OutOfBounds(CoordinatorError):
@@ -111,8 +140,11 @@ class Refused(CoordinatorError):
     """Any other refusal (the reason says which)."""
 
 
-_KINDS: tuple[type[CoordinatorError], ...] = (WrongRound, AlreadySubmitted, NotWhitelisted,
-                                              OutOfBounds, StalePrevious)
+# subclasses before their base: the first kind whose reasons match is raised
+_KINDS: tuple[type[CoordinatorError], ...] = (SessionEnded, WrongRound, AlreadySubmitted,
+                                              NotPendingOperator, NotWhitelisted,
+                                              OutOfBounds, StalePrevious, DeadlineNotReached,
+                                              BoundsFrozen)
 
 
 def refusal(what: str, reason: str) -> CoordinatorError:
@@ -131,7 +163,7 @@ class CurrentVars:
     session: int
     round: int
     rho: float
-    deadline: int  # block number after which a participant or the operator may advance
+    deadline: int  # block timestamp (s) from which a participant or the operator may advance
     submitted: int  # submissions received in this round
     xbar: np.ndarray  # kW
     zbar: np.ndarray
@@ -183,7 +215,7 @@ class SessionInfo:
     devices: list[str]
     feeder: Feeder
     settings: AdmmSettings
-    deadline_blocks: int
+    deadline_s: int  # round deadline, seconds of block time
     block: int
     raw_params: dict  # the contract's integers
 
@@ -192,7 +224,8 @@ class SessionInfo:
 class Schedule:
     session: int
     round: int  # the last round
-    converged: bool  # False: max rounds reached (or diverged)
+    converged: bool  # False: max rounds reached, or ended by the operator
+    ended: bool  # ended unconverged by the operator (end_session)
     block: int
     timestamp: int
     x: dict[str, np.ndarray]  # device address -> x_i (kW)
@@ -221,7 +254,7 @@ def close_gas_bound(slots: int) -> int:
 
 def publish_gas(words: int) -> int:
     """Gas limit of publish_schedule / publish_plan of `words` packed words: each stored
-    from zero (22,100) plus the Coordinator's hash check and its call into the registry.
+    from zero (22,100) plus the registry's hash check against the Coordinator's word.
     A fixed limit, so that a device sends without a dry run."""
     return 200_000 + words * 25_000
 
@@ -422,17 +455,39 @@ class Coordinator:
                 for k in range(0, len(args), REGISTER_BATCH)]
 
     def open_session(self, feeder: Feeder, settings: AdmmSettings, devices: Sequence[str],
-                     deadline_blocks: int) -> int:
-        """Open the next session; returns its id."""
+                     deadline_s: int) -> int:
+        """Open the next session, with rounds that may be advanced `deadline_s` seconds (of
+        block time) after they start; returns its id."""
         t = feeder.slots
         fn = self.contract.functions.open_session(
-            session_params(feeder, settings, deadline_blocks),
+            session_params(feeder, settings, deadline_s),
             fp.pack_kw(feeder.price, fp.PRICE_SCALE), fp.pack_kw(feeder.capacity),
             fp.pack_kw(feeder.export_limit), [to_checksum_address(d) for d in devices])
         receipt = self._transact(fn, f"open_session({len(devices)} devices, T={t})")
         self.open_receipt = receipt
         (ev,) = self.contract.events.SessionOpened().process_receipt(receipt)
         return int(ev["args"]["session"])
+
+    def end_session(self, session: int) -> Any:
+        """End the open session unconverged: devices' later submissions and advances are
+        refused (SessionEnded); the registry records it as ended."""
+        return self._transact(self.contract.functions.end_session(session),
+                              f"end_session({session})")
+
+    def propose_operator(self, new_operator: str) -> Any:
+        """Step 1 of the hand-over: `new_operator` may then accept the role."""
+        return self._transact(self.contract.functions.propose_operator(
+            to_checksum_address(new_operator)), f"propose_operator({new_operator})")
+
+    def accept_operator(self) -> Any:
+        """Step 2 of the hand-over, signed by the proposed operator."""
+        return self._transact(self.contract.functions.accept_operator(), "accept_operator()")
+
+    def operator(self) -> str:
+        return str(self.contract.functions.operator().call())
+
+    def pending_operator(self) -> str:
+        return str(self.contract.functions.pending_operator().call())
 
     # ---- devices and anyone ------------------------------------------------------------
 
@@ -478,13 +533,14 @@ class Coordinator:
         words = self.held_words(session) if own else self.last_words(session, device)
         if not words:
             raise Refused(f"publish_schedule({device})", "device never submitted")
-        return self._transact(self.contract.functions.publish_schedule(session, device, words),
+        return self._transact(self.registry.functions.publish_schedule(session, device, words),
                               f"publish_schedule(session={session}, {device})",
                               gas=publish_gas(len(words)), wait=wait)
 
     def publish_plan(self, session: int, words: Sequence[int], wait: bool = True) -> Any:
-        """After finalization: this device's on/off plans (mqtt_bridge.plan words)."""
-        return self._transact(self.contract.functions.publish_plan(session, list(words)),
+        """After finalization: this device's on/off plans (mqtt_bridge.plan words), to the
+        registry (which checks with the Coordinator that the sender took part)."""
+        return self._transact(self.registry.functions.publish_plan(session, list(words)),
                               f"publish_plan(session={session}, {len(words)} words)",
                               gas=publish_gas(len(words)), wait=wait)
 
@@ -557,7 +613,12 @@ class Coordinator:
         return self.session_info(session).devices
 
     def is_finalized(self, session: int) -> bool:
+        """True once the session is over: converged, at max rounds, or ended."""
         return bool(self.contract.functions.is_finalized(session).call())
+
+    def is_ended(self, session: int) -> bool:
+        """True when the operator ended the session unconverged (end_session)."""
+        return bool(self.registry.functions.ended(session).call())
 
     def final_record(self, session: int, block: int | str = "latest") -> Any:
         """The registry's record of a finalized session (its `finalized` False before)."""
@@ -586,8 +647,10 @@ class Coordinator:
                     argument_filters={"session": session, "device": d})
                 words = [int(w) for w in logs[-1]["args"]["x"]] if logs else []
             x[d] = fp.unpack_kw(words, t) if words else np.zeros(t)
-        return Schedule(session=session, converged=bool(f.converged), round=int(f.round),
-                        block=int(f.block), timestamp=int(f.timestamp), x=x)
+        ended = bool(self.registry.functions.ended(session).call(block_identifier=block))
+        return Schedule(session=session, converged=bool(f.converged), ended=ended,
+                        round=int(f.round), block=int(f.block), timestamp=int(f.timestamp),
+                        x=x)
 
     def registry_schedule(self, session: int, device: str) -> np.ndarray | None:
         """The copy of `device`'s final x_i in the registry (None until published)."""
@@ -617,7 +680,7 @@ class Coordinator:
             viol_tol_kw=p["viol_tol_nkw"] / fp.KW_SCALE)
         self._slots_of[session] = t
         return SessionInfo(session, list(a["devices"]), feeder, settings,
-                           int(p["deadline_blocks"]), logs[0]["blockNumber"], dict(p))
+                           int(p["deadline_s"]), logs[0]["blockNumber"], dict(p))
 
     def rounds(self, session: int, from_block: int = 0) -> list[RoundRecord]:
         """Every closed round of `session` (RoundClosed events), in order."""
@@ -659,13 +722,15 @@ class Coordinator:
     def wait_for_round(self, session: int, round: int, timeout: float = 60.0,
                        poll: float = 0.2) -> CurrentVars | None:
         """Block until `session` is at `round` or later (returns its variables) or finalized
-        (returns None). Raises TimeoutError."""
+        (returns None). Raises SessionEnded when the operator ended it, TimeoutError."""
         deadline = time.monotonic() + timeout
         while True:
             cur = self.current()
             if cur is not None and cur.session == session and cur.round >= round:
                 return cur
             if self.is_finalized(session):
+                if self.is_ended(session):
+                    raise SessionEnded(f"wait_for_round({session}, {round})", "session ended")
                 return None
             if time.monotonic() > deadline:
                 raise TimeoutError(f"session {session} round {round} not reached in {timeout}s")
@@ -702,9 +767,9 @@ class Coordinator:
                        gas=gas, wait=wait)
 
 
-def session_params(feeder: Feeder, s: AdmmSettings, deadline_blocks: int) -> tuple:
-    """The contract's AdmmParams tuple of a session."""
+def session_params(feeder: Feeder, s: AdmmSettings, deadline_s: int) -> tuple:
+    """The contract's AdmmParams tuple of a session (round deadline in seconds)."""
     return (feeder.slots, fp.wad(feeder.delta_h), fp.wad(feeder.gamma), fp.wad(s.rho0),
             fp.wad(s.eps_abs), fp.wad(s.eps_rel), fp.wad(s.mu), fp.wad(s.tau),
-            int(s.max_rounds), int(deadline_blocks), fp.wad(s.alpha),
+            int(s.max_rounds), int(deadline_s), fp.wad(s.alpha),
             fp.to_fixed([s.viol_tol_kw])[0])

@@ -3,6 +3,8 @@
 `lab verify` and the contract tests feed the Submitted events of a session through
 `FixedAggregator` and require every figure of every RoundClosed event (r, s, eps_pri,
 eps_dual, rho, rho_next, converged, stragglers, xbar, zbar, u) to be equal as integers.
+Nothing overflows and no close fails, however a session diverges: rho is clamped to
+[RHO_MIN, RHO_MAX] (step6_rho) and u saturates at +-MAX_LANE (`saturate`), as on chain.
 Each function mirrors the internal function of Coordinator.vy with the same name; the
 rounding rules are those of the contract's header (divisions half away from zero, isqrt
 down). The float twin of the same steps is reference.py.
@@ -44,8 +46,14 @@ def step3_zbar(u: int, xbar: int, zbar: int, price: int, cap_n: int, exp_n: int,
     return xh, min(max(z, -exp_n), cap_n)
 
 
+def saturate(v: int) -> int:
+    """v clamped to the int64 lane, +-(2^63 - 1): where u saturates."""
+    return min(max(v, -MAX_LANE), MAX_LANE)
+
+
 def step4_u(u: int, xhat: int, zbar: int) -> int:
-    return u + xhat - zbar
+    """u+ = u + xhat - zbar+, saturated to the lane."""
+    return saturate(u + xhat - zbar)
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ class Params:
     mu_wad: int
     tau_wad: int
     max_rounds: int
-    deadline_blocks: int
+    deadline_s: int
     alpha_wad: int
     viol_tol_nkw: int
 
@@ -94,15 +102,15 @@ def step5_residuals(c: dict, sq_x: int, sq_dx: int, n: int, slots: int, rho: int
 
 
 def step6_rho(res: dict, rho: int, p: Params) -> tuple[int, int]:
-    """(rho_next, f): u is then divided by f (WAD: unchanged)."""
+    """(rho_next, f): u is then divided by f (WAD: unchanged). f is clipped to
+    [1/tau, tau], then to [RHO_MIN/rho, RHO_MAX/rho]; rho_next is clamped to
+    [RHO_MIN, RHO_MAX] after rounding."""
     f = res["factor"]
     if f <= p.mu_wad and f * p.mu_wad >= WAD * WAD:
         return rho, WAD
-    f = min(max(f, div(WAD * WAD, p.tau_wad)), p.tau_wad)
-    nxt = div(rho * f, WAD)
-    if nxt < RHO_MIN or nxt > RHO_MAX:
-        return rho, WAD
-    return nxt, f
+    f = max(f, div(WAD * WAD, p.tau_wad), div(RHO_MIN * WAD, rho))
+    f = min(f, p.tau_wad, div(RHO_MAX * WAD, rho))
+    return min(max(div(rho * f, WAD), RHO_MIN), RHO_MAX), f
 
 
 @dataclass
@@ -125,6 +133,7 @@ class FixedAggregator:
     x: dict[str, list[int]] = field(default_factory=dict)  # each device's last submission
     submitted: set[str] = field(default_factory=set)
     finalized: bool = False
+    ended: bool = False  # ended by the operator (end_session)
 
     def __post_init__(self) -> None:
         t = self.params.slots
@@ -182,24 +191,24 @@ class FixedAggregator:
         res = step5_residuals(c, self.sq_x, self.sq_dx, n, p.slots, rho, p)
         converged = res["converged"]
         rho_next, f = (rho, WAD) if converged else step6_rho(res, rho, p)
-        diverged = False
-        for t in range(p.slots):
-            v = u[t] if f == WAD else div(u[t] * WAD, f)
-            if abs(v) > MAX_LANE:
-                diverged, v = True, 0
-            u[t] = v
+        if f != WAD:
+            u = [saturate(div(v * WAD, f)) for v in u]
         out = {**res, "rho": rho, "rho_next": rho_next, "converged": converged,
                "stragglers": self.n - len(self.submitted), "round": self.round,
-               "xbar": fp.pack(xbar), "zbar": fp.pack(zbar), "u": fp.pack(u),
-               "diverged": diverged}
+               "xbar": fp.pack(xbar), "zbar": fp.pack(zbar), "u": fp.pack(u)}
         self.snap = list(self.S)
         self.zbar, self.u, self.rho, self.sq_dx = zbar, u, rho_next, 0
         self.submitted = set()
-        if converged or diverged or self.round + 1 >= p.max_rounds:
+        if converged or self.round + 1 >= p.max_rounds:
             self.finalized = True
         else:
             self.round += 1
         return out
+
+
+    def end(self) -> None:
+        """The operator's `end_session`: final, not converged, at the current round."""
+        self.finalized = self.ended = True
 
 
 EMITTED = ("r", "s", "eps_pri", "eps_dual", "rho", "rho_next", "converged", "stragglers",

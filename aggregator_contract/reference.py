@@ -23,6 +23,11 @@ normalised residual balancing (OSQP, Stellato et al. 2020, 5.2). Round k, N devi
                f = sqrt((r / max(||x||, ||z||)) / (s / ||y||))
                f > mu or f < 1/mu  =>  f <- clip(f, 1/tau, tau),  rho <- f rho,  u <- u / f
 
+Bounds (the contract's, so that chain and in-process runs agree round by round however a
+session diverges): rho stays in [RHO_MIN, RHO_MAX] = [1e-9, 1e9] (step 6 limits f so that
+f rho stays inside), and u saturates at +-U_MAX_KW (the contract's int64 lane of 1e-9 kW)
+after step 4 and after step 6's rescaling.
+
 Here d. = this round's value minus last round's (dx_i = x_i+ - x_i, dzbar = zbar+ - zbar) and
 zbar, u without + are last round's. With alpha = 1 this is plain sharing ADMM.
 
@@ -72,6 +77,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+RHO_MIN = 1e-9  # step 6 keeps rho within [RHO_MIN, RHO_MAX] (the contract's bounds)
+RHO_MAX = 1e9
+U_MAX_KW = (2**63 - 1) * 1e-9  # u saturates at +-U_MAX_KW (the contract's int64 lane)
 
 
 @dataclass(frozen=True)
@@ -195,9 +204,14 @@ def step3_z_update(u: np.ndarray, xbar_new: np.ndarray, zbar: np.ndarray, rho: f
     return xhat, np.clip(z, -feeder.export_limit / n, feeder.capacity / n)
 
 
+def saturate_u(u: np.ndarray) -> np.ndarray:
+    """u clipped to +-U_MAX_KW, where the contract's u saturates."""
+    return np.clip(u, -U_MAX_KW, U_MAX_KW)
+
+
 def step4_u_update(u: np.ndarray, xhat: np.ndarray, zbar_new: np.ndarray) -> np.ndarray:
-    """u+ = u + xhat - zbar+."""
-    return u + xhat - zbar_new
+    """u+ = u + xhat - zbar+ (saturated)."""
+    return saturate_u(u + xhat - zbar_new)
 
 
 @dataclass(frozen=True)
@@ -251,12 +265,13 @@ def balancing_factor(res: Residuals) -> float:
 def step6_rho_update(rho: float, u: np.ndarray, factor: float,
                      settings: AdmmSettings) -> tuple[float, np.ndarray]:
     """Normalised residual balancing: rho <- f rho when f leaves [1/mu, mu] (f clipped to
-    [1/tau, tau]). The scaled dual u = y / rho is rescaled so that the unscaled dual y is
-    unchanged by the new rho."""
+    [1/tau, tau], then so that rho stays in [RHO_MIN, RHO_MAX]). The scaled dual u = y / rho
+    is rescaled so that the unscaled dual y is unchanged by the new rho (then saturated)."""
     if 1.0 / settings.mu <= factor <= settings.mu:
         return rho, u
-    f = min(max(factor, 1.0 / settings.tau), settings.tau)
-    return rho * f, u / f
+    f = max(factor, 1.0 / settings.tau, RHO_MIN / rho)
+    f = min(f, settings.tau, RHO_MAX / rho)
+    return min(max(rho * f, RHO_MIN), RHO_MAX), saturate_u(u / f)
 
 
 def aggregate_step(

@@ -56,7 +56,7 @@ class BoaSession:
     devices: list[str]
     feeder: Feeder
     settings: AdmmSettings
-    deadline_blocks: int
+    deadline_s: int
     session: int
     bounds: list[tuple[float, float]]
     last: dict = field(default_factory=dict)  # device -> packed words of its last submission
@@ -92,6 +92,7 @@ class BoaSession:
                 self.registry.finals(self.session),
                 tuple(c.device_bounds(d) for d in self.devices),
                 tuple(c.x_hash(d) for d in self.devices),
+                c.pending_operator(),
                 tuple(self.registry.schedule(self.session, d) for d in self.devices))
 
 
@@ -112,7 +113,7 @@ def boa_deploy(operator: str):
 
 
 def boa_session(devices: int, slots: int, settings: AdmmSettings | None = None,
-                deadline_blocks: int = 5,
+                deadline_s: int = 5,
                 bounds: list[tuple[float, float]] | None = None,
                 feeder: Feeder | None = None,
                 participants: int | None = None) -> BoaSession:
@@ -127,11 +128,11 @@ def boa_session(devices: int, slots: int, settings: AdmmSettings | None = None,
     settings = settings or AdmmSettings()
     with boa.env.prank(operator):
         c.register_devices([(d, *fp.to_fixed(b)) for d, b in zip(devs, bounds, strict=True)])
-        sid = c.open_session(session_params(feeder, settings, deadline_blocks),
+        sid = c.open_session(session_params(feeder, settings, deadline_s),
                              fp.pack_kw(feeder.price, fp.PRICE_SCALE),
                              fp.pack_kw(feeder.capacity), fp.pack_kw(feeder.export_limit),
                              devs[:participants])
-    return BoaSession(c, registry, operator, devs, feeder, settings, deadline_blocks, sid,
+    return BoaSession(c, registry, operator, devs, feeder, settings, deadline_s, sid,
                       bounds)
 
 

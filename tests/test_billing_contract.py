@@ -31,7 +31,7 @@ def _finalized(devices: int = 3, slots: int = T):
         sess.submit(i, xs[d])
     assert sess.final()[0]
     for d in sess.devices:
-        sess.c.publish_schedule(sess.session, d, sess.last[d])
+        sess.registry.publish_schedule(sess.session, d, sess.last[d])
     return sess, xs
 
 
@@ -196,7 +196,7 @@ def test_schedule_must_be_published_and_withdraw_after_settlement(boa_env):  # n
     _post(b, meter, sess.session, 0, _on_schedule(sess, np.ones(T)))
     with boa.reverts("schedule not published"):
         b.settle(sess.session, home)
-    sess.c.publish_schedule(sess.session, home, sess.last[home])
+    sess.registry.publish_schedule(sess.session, home, sess.last[home])
     boa.env.set_balance(home, 10**20)
     with boa.env.prank(home):
         b.deposit(home, value=10**19)

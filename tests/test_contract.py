@@ -87,7 +87,7 @@ def _drive(sess, solvers, max_rounds: int):
     anyone = boa.env.generate_address("anyone")
     for i, d in enumerate(sess.devices):
         with boa.env.prank(anyone):
-            sess.c.publish_schedule(sess.session, d, sess.last[d])
+            sess.registry.publish_schedule(sess.session, d, sess.last[d])
         words = sess.registry.schedule(sess.session, d)
         assert np.array_equal(fp.unpack_kw(words, sess.feeder.slots), x[i])
     return len(infos), infos
@@ -135,7 +135,7 @@ def test_max_rounds_finalizes_unconverged():
 @pytest.mark.usefixtures("boa_env")
 def test_straggler_advance_uses_previous_x():
     n, t = 3, 8
-    sess = boa_session(n, t, AdmmSettings(rho0=1.0), deadline_blocks=4)
+    sess = boa_session(n, t, AdmmSettings(rho0=1.0), deadline_s=40)
     ref = AggregatorState.initial(n, t, 1.0, sess.feeder)
     x0 = np.array([[1.0] * t, [2.0] * t, [-1.5] * t])
     for i in range(n):
@@ -150,7 +150,7 @@ def test_straggler_advance_uses_previous_x():
     straggler = sess.devices[2]
     with boa.env.prank(straggler), boa.reverts("round deadline not reached"):
         sess.c.advance(sess.session)
-    boa.env.time_travel(blocks=sess.deadline_blocks + 1)
+    boa.env.time_travel(seconds=sess.deadline_s)
     # a stranger may not cut a round short (with period 0 it could seal blocks past the
     # deadline at will); a participant may close it
     with boa.env.prank(anyone), boa.reverts("not a participant"):
@@ -160,7 +160,7 @@ def test_straggler_advance_uses_previous_x():
     ref, info = aggregate_step(ref, x1, sess.feeder, sess.settings)
     _assert_state(sess, ref, 2)
     # round 2: nobody submits, the operator advances: x stays, dx = 0
-    boa.env.time_travel(blocks=sess.deadline_blocks + 1)
+    boa.env.time_travel(seconds=sess.deadline_s)
     with boa.env.prank(sess.operator):
         sess.c.advance(sess.session)
     ref, _ = aggregate_step(ref, x1, sess.feeder, sess.settings)
@@ -193,7 +193,12 @@ REJECTIONS = {
                                            fp.pack_kw(np.zeros(8)), []),
     "only operator": lambda s: _as(s, s.devices[0], "register_devices",
                                    [(s.devices[0], -10**12, 10**12)]),
-    "only operator  ": lambda s: _as(s, s.devices[0], "set_operator", s.devices[0]),
+    "only operator  ": lambda s: _as(s, s.devices[0], "propose_operator", s.devices[0]),
+    "only operator   ": lambda s: _as(s, s.devices[0], "end_session", s.session),
+    "not the pending operator": lambda s: _as(s, s.devices[0], "accept_operator"),
+    "device in open session": lambda s: _as(s, s.operator, "register_devices",
+                                            [(s.devices[1], -10**9, 10**9)]),
+    "wrong session ": lambda s: _as(s, s.operator, "end_session", s.session + 1),
     "only operator ": lambda s: _as(s, s.devices[0], "open_session",
                                     session_params(s.feeder, s.settings, 5), [0, 0], [0, 0],
                                     [0, 0], [s.devices[0]]),
@@ -324,7 +329,7 @@ def test_client_on_geth(request):
                                                                      strict=True)])
     feeder = tou_feeder(t)
     settings = AdmmSettings(rho0=1.0, max_rounds=40)
-    sid = coord.open_session(feeder, settings, [a.address for a in devs], deadline_blocks=50)
+    sid = coord.open_session(feeder, settings, [a.address for a in devs], deadline_s=50)
     # devices alternate between the two nodes
     clients = [Coordinator(connect(signer_url if i % 2 else member_url), coord.address, a)
                for i, a in enumerate(devs)]
@@ -405,7 +410,7 @@ def _replay_bit_exact(sess, logs_from: int = 0):
     from aggregator_contract.fixed_round import EMITTED, FixedAggregator, Params
 
     agg = FixedAggregator(Params(*session_params(sess.feeder, sess.settings,
-                                                 sess.deadline_blocks)),
+                                                 sess.deadline_s)),
                           fp.to_fixed(sess.feeder.price, fp.PRICE_SCALE),
                           fp.to_fixed(sess.feeder.capacity),
                           fp.to_fixed(sess.feeder.export_limit), list(sess.devices))
@@ -438,7 +443,7 @@ def test_every_emitted_figure_bit_exact_with_integer_mirror():
             agg.submit(sess.devices[n - 1], fp.to_fixed(x[n - 1]))
         else:
             x[n - 1] = fp.from_fixed(agg.x[sess.devices[n - 1]])
-            boa.env.time_travel(blocks=sess.deadline_blocks + 1)
+            boa.env.time_travel(seconds=sess.deadline_s)
             with boa.env.prank(sess.operator):
                 sess.c.advance(sess.session)
         (ev,) = [e for e in sess.c.get_logs() if type(e).__name__ == "RoundClosed"]
@@ -496,7 +501,7 @@ def test_closing_gas_does_not_grow_with_devices():
 @pytest.mark.usefixtures("boa_env")
 def test_straggler_round_at_large_n():
     n, t = 300, 8
-    sess = boa_session(n, t, AdmmSettings(rho0=1.0), deadline_blocks=3,
+    sess = boa_session(n, t, AdmmSettings(rho0=1.0), deadline_s=30,
                        bounds=[(-10.0, 10.0)] * n)
     rng = np.random.default_rng(5)
     x0 = rng.uniform(-3, 3, (n, t))
@@ -508,7 +513,7 @@ def test_straggler_round_at_large_n():
     for i in range(0, n, 3):  # two thirds straggle
         x1[i] = x0[i] + 1.0
         sess.submit(i, x1[i])
-    boa.env.time_travel(blocks=4)
+    boa.env.time_travel(seconds=30)
     with boa.env.prank(sess.devices[1]):  # a straggler of this round may close it
         sess.c.advance(sess.session)
     (ev,) = [e for e in sess.c.get_logs() if type(e).__name__ == "RoundClosed"]
@@ -519,20 +524,28 @@ def test_straggler_round_at_large_n():
 
 
 @pytest.mark.usefixtures("boa_env")
-def test_registry_written_only_through_the_coordinator():
+def test_registry_checks_publications_with_the_coordinator():
     sess = _finalized_session()
     d = sess.devices[0]
     with boa.env.prank(d), boa.reverts("only coordinator"):
-        sess.registry.store_schedule(sess.session, d, sess.last[d])
+        sess.registry.record_final(sess.session, (True, True, 0, 0, 0, 2, 8), False)
     with boa.env.prank(d), boa.reverts("not the device's last submission"):
-        sess.c.publish_schedule(sess.session, d, fp.pack_kw(np.ones(8)))
+        sess.registry.publish_schedule(sess.session, d, fp.pack_kw(np.ones(8)))
+    stranger = boa.env.generate_address("stranger")
+    with boa.env.prank(stranger), boa.reverts("device not in session"):
+        sess.registry.publish_plan(sess.session, [5])
+    with boa.env.prank(d), boa.reverts("session not finalized"):
+        sess.registry.publish_schedule(sess.session + 1, d, sess.last[d])
     with boa.env.prank(d):
-        sess.c.publish_schedule(sess.session, d, sess.last[d])
-        sess.c.publish_plan(sess.session, [5])
+        sess.registry.publish_schedule(sess.session, d, sess.last[d])
+        sess.registry.publish_plan(sess.session, [5])
     with boa.env.prank(d), boa.reverts("schedule already stored"):
-        sess.c.publish_schedule(sess.session, d, sess.last[d])
+        sess.registry.publish_schedule(sess.session, d, sess.last[d])
+    with boa.env.prank(d), boa.reverts("plan already published"):
+        sess.registry.publish_plan(sess.session, [6])
     assert list(sess.registry.schedule(sess.session, d)) == sess.last[d]
     assert list(sess.registry.plan(sess.session, d)) == [5]
+    assert not sess.registry.ended(sess.session)
     with boa.env.prank(d), boa.reverts("only deployer"):
         sess.registry.bind(d)
     with boa.env.prank(sess.operator), boa.reverts("already bound"):

@@ -199,7 +199,7 @@ def test_meters_post_and_homes_settle_on_geth(geth_chain):  # noqa: F811
                                                                      strict=True)])
     feeder = tou_feeder(t)
     sid = coord.open_session(feeder, AdmmSettings(rho0=1.0, max_rounds=1),
-                             [a.address for a in homes], deadline_blocks=50)
+                             [a.address for a in homes], deadline_s=50)
     clients = [Coordinator(w3, coord.address, a) for a in homes]
     xs = [fp.quantize_kw(s.solve(np.zeros(t), 1.0)) for s in solvers]
     for c, x in zip(clients, xs, strict=True):
