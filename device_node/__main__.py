@@ -5,7 +5,8 @@ It is given only what its devices need: each device's own scenario entry
 and session (`RUN/lab.json`) and its node's RPC/WS URLs (`RUN/chain/network.json`). It
 wakes on the contract's events over its node's WebSocket (polling over HTTP when the
 subscription is down), submits for every open round, publishes its plans after
-finalization, and exits 0 once its session is final.
+finalization, and exits 0 once its session is final, or at once (publishing nothing) when
+the operator ended it unconverged (`end_session`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def run(run_dir: Path, node: str, device_ids: list[str], poll_s: float = 0.25) -
                         log.info("%s: round %d submitted (solve %.1f ms)", agent.spec.id,
                                  res.round, 1e3 * res.solve_s)
             elif coord.is_finalized(session):
+                if coord.is_ended(session):
+                    log.info("session %d was ended by the operator: nothing to publish",
+                             session)
+                    return 0
                 sent = [(a, tx) for a in agents for tx in a.publish_final(session)]
                 for agent, tx in sent:
                     tx.receipt()

@@ -70,7 +70,9 @@ class DeviceAgent:
 
     def confirm(self, res: StepResult) -> bool:
         """Wait for a step's transaction. False when the contract refused it because the
-        round had moved on (a deadline advance); any other refusal raises."""
+        round had moved on (a deadline advance) or the operator ended the session
+        (SessionEnded, a WrongRound: the process loop then stops); any other refusal
+        raises."""
         try:
             res.pending.receipt()
             return True

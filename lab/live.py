@@ -294,7 +294,8 @@ class ChainFollower:
         self.final = {self.dev_of.get(a.lower(), a): _floats(x) for a, x in sched.x.items()}
         total = [sum(col) for col in zip(*self.final.values(), strict=True)]
         self.state.set("final", {"round": sched.round, "converged": sched.converged,
-                                 "block": sched.block, "timestamp": sched.timestamp})
+                                 "ended": sched.ended, "block": sched.block,
+                                 "timestamp": sched.timestamp})
         self.state.set("aggregate", {"round": sched.round, "final": True, "kw": _floats(total)})
         self.state.set("current", None)
         self._publish_devices()

@@ -11,8 +11,11 @@ The orchestrator holds the operator key only; each device process gets its own k
 and so does each home's meter (metering/run.py).
 A device process that dies is restarted and resumes from chain state. With Clique period 0
 blocks are sealed only when transactions arrive, so while no round progresses the
-orchestrator seals a block now and then (a 0-value operator transaction) to let the round
-deadline pass; past it, it calls `advance` and the stragglers' previous x_i are used.
+orchestrator seals a block now and then (a 0-value operator transaction); once the round's
+deadline (seconds of block time, the scenario's chain.round_deadline_s) has passed, it calls
+`advance` and the stragglers' previous x_i are used. A session the operator ended
+(`end_session`) stops the run cleanly: devices exit, nothing is played or billed, and the
+summary says `ended`.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class Progress:
     rows: list[dict] = field(default_factory=list)
     t_start: float = field(default_factory=time.monotonic)
     t_last: float = field(default_factory=time.monotonic)
+    ended: bool = False  # the operator ended the session (end_session)
 
 
 class Lab:
@@ -136,7 +140,7 @@ class Lab:
             [(self.accounts[d.id].address, *d.power_bounds()) for d in s.devices])
         self.session = self.coordinator.open_session(
             s.feeder_params(), s.admm_settings(),
-            [self.accounts[d.id].address for d in s.devices], self.deadline_blocks())
+            [self.accounts[d.id].address for d in s.devices], self.deadline_s())
         self.deploy_block = int(self.coordinator.deploy_receipt["blockNumber"])
         billing = self._deploy_billing(w3)
         self.open_block = int(w3.eth.block_number)  # set-up ends here; round 0 starts after
@@ -163,11 +167,12 @@ class Lab:
         return {"billing": {"contract": self.billing.address,
                             "meters": {d: m.address for d, m in self.meter_accounts.items()}}}
 
-    def deadline_blocks(self) -> int:
-        """The round deadline in blocks. With period 0 every submission may seal a block of
-        its own, so a healthy round takes up to N blocks: the scenario's margin comes on top."""
-        s = self.scenario
-        return s.chain.round_deadline_blocks + (len(s.devices) if s.chain.period == 0 else 0)
+    def deadline_s(self) -> int:
+        """The round deadline in seconds of block time (the contract's deadline_s): the
+        scenario's chain.round_deadline_s. Time, not blocks: with period 0 a block may be
+        sealed per transaction, and anyone able to send them could otherwise run a round's
+        deadline down in a second."""
+        return self.scenario.chain.round_deadline_s
 
     def start_devices(self) -> None:
         for node, devices in self.groups.items():
@@ -266,6 +271,23 @@ class Lab:
 
     # -- metering and billing ----------------------------------------------------------
 
+    def ended_summary(self, prog: Progress, t0: float) -> dict:
+        """The summary of a session the operator ended: its rounds so far, no schedule (the
+        devices' last submissions are on chain, `lab verify` replays them); written to
+        results/summary.json."""
+        f = self.coordinator.final_record(self.session)
+        self.say(f"session {self.session} was ended by the operator at round {f.round}, "
+                 f"unconverged: no schedule is played or billed")
+        res.write_history(self.run.results, prog.rows)
+        summary = {"scenario": self.scenario.name, "runtime": self.runtime,
+                   "nodes": len(self.network.nodes), "devices": len(self.scenario.devices),
+                   "finalized": True, "ended": True, "converged": False,
+                   "rounds": len(prog.rows), "round": int(f.round), "block": int(f.block),
+                   "wall_s_total": round(time.monotonic() - t0, 3),
+                   "results": str(self.run.results)}
+        self.run.write_json("results/summary.json", summary)
+        return summary
+
     def open_billing(self) -> None:
         """The session's billing opened (its schedule is final): the meters post from here."""
         from aggregator_contract.billing import Tariff
@@ -340,6 +362,7 @@ class Lab:
             if recs or head != last_head:  # progress: a round closed or a block was sealed
                 last_seen, last_head = now, head
             if final:
+                prog.ended = coord.is_ended(session)
                 return prog
             if timeout_s is not None and now - prog.t_start > timeout_s:
                 raise TimeoutError(f"session {session} not final after {timeout_s:.0f} s")
@@ -350,10 +373,12 @@ class Lab:
 
     def _unstick(self) -> None:
         """No progress: seal a block (period 0 seals only on transactions) and, once the
-        round deadline has passed, advance the round with the stragglers' previous x_i."""
+        round deadline has passed, advance the round with the stragglers' previous x_i.
+        The deadline is a block timestamp; the next block is stamped with the signer's
+        clock (this host's), so the wall clock tells when `advance` will be taken."""
         cur = self.coordinator.current()
         w3 = self.coordinator.w3
-        if cur is not None and w3.eth.block_number >= cur.deadline:
+        if cur is not None and time.time() >= cur.deadline:
             try:
                 self.coordinator.advance(self.session)
                 self.say(f"round {cur.round}: deadline passed, advanced without stragglers")
@@ -362,6 +387,12 @@ class Lab:
             return
         if self.scenario.chain.period == 0:
             send_tx(w3, self.operator, {"to": self.operator.address, "value": 0}, "tick")
+
+    def end_session(self) -> None:
+        """The operator ends the session unconverged (`end_session`): follow_rounds returns
+        with `ended` set, and the devices' processes exit."""
+        self.coordinator.end_session(self.session)
+        self.say(f"session {self.session} ended by the operator")
 
     def _gas_between(self, after_block: int, upto_block: int) -> int:
         w3 = self.coordinator.w3
@@ -478,6 +509,8 @@ def run_once(scenario: Scenario, *, interactive: bool, compare: bool = True,
         lab.start_devices()
         t_rounds = time.monotonic()
         prog = lab.follow_rounds()
+        if prog.ended:  # the operator stopped it: no schedule to read, play or bill
+            return lab.ended_summary(prog, t0)
         wall_rounds = time.monotonic() - t_rounds
         x, meta = lab.read_schedule()
         s_to_final = time.monotonic() - t0

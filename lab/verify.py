@@ -11,7 +11,9 @@ the bit-exact replay is the check; this distance only shows that the integer ari
 tracks the float math. Measured: 6e-6 kW over homes10-congested's 78 rounds, where u
 reaches ~20 kW and rho moves by continuous factors). Finally
 the schedule must be each device's last submission, and every copy a device published to
-the ScheduleRegistry must equal it.
+the ScheduleRegistry must equal it. A session the operator ended (`end_session`) is
+replayed up to the round it was ended in, whose submissions so far are the devices' last
+(the verdict says `ended`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Verdict:
     max_dev_kw: float  # largest |contract - float reference| over xbar, zbar, u, all rounds
     figures_checked: int = 0  # emitted figures compared bit for bit
     problems: list[str] = field(default_factory=list)
+    ended: bool = False  # the operator ended the session unconverged (end_session)
 
     @property
     def ok(self) -> bool:
@@ -42,7 +45,7 @@ class Verdict:
     def as_dict(self) -> dict:
         return {"session": self.session, "rounds": self.rounds, "ok": self.ok,
                 "figures_checked": self.figures_checked, "max_dev_kw": self.max_dev_kw,
-                "problems": self.problems}
+                "ended": self.ended, "problems": self.problems}
 
 
 def compare_round(verdict: Verdict, emitted: dict, replayed: dict) -> None:
@@ -95,7 +98,15 @@ def verify_session(coord: Coordinator, session: int, from_block: int = 0,
     if sched is None:
         verdict.problems.append("session not finalized")
     else:
-        if not agg.finalized:
+        if sched.ended:  # the operator ended it in round sched.round: its submissions count
+            verdict.ended = True
+            if agg.finalized or agg.round != sched.round:
+                verdict.problems.append(f"ended on chain in round {sched.round}, the replay "
+                                        f"is in round {agg.round}")
+            for dev, words in subs.get(agg.round, {}).items():
+                agg.submit(dev, fp.unpack(list(words), t))
+            agg.end()
+        elif not agg.finalized:
             verdict.problems.append("finalized on chain, not in the replay")
         for dev in devices:
             mine = fp.from_fixed(agg.x[dev])

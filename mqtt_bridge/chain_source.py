@@ -5,7 +5,8 @@ the device addresses, and this process's node (`chain/network.json`). Everything
 contract read: the open round's variables, the RoundClosed events for the residuals, each
 device's final x_i, and the on/off plans the device nodes published after finalization.
 The day counts as final for the bridge once the session is finalized and every device with
-actuators has published its plans.
+actuators has published its plans. A session the operator ended (`end_session`) never
+becomes a day to play: `status()` says `ended` and there are no schedules or plans.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ChainSource:
                                        lab["contract"])
         self._final: tuple[dict, dict] | None = None  # cached once complete
         self._last_round = None  # the latest RoundClosed seen
+        self._ended = False  # the operator ended the session: nothing will be played
 
     def status(self) -> dict[str, Any]:
         c = self.coordinator
@@ -48,6 +50,7 @@ class ChainSource:
             "residuals": {"r": last.r if last else None, "s": last.s if last else None},
             "rho": cur.rho if cur is not None else (last.rho if last else None),
             "finalized": final is not None,
+            "ended": self._ended,
         }
 
     def schedules(self) -> dict[str, np.ndarray] | None:
@@ -62,7 +65,8 @@ class ChainSource:
         if self._final is not None:
             return self._final
         sched = self.coordinator.schedule(self.session)
-        if sched is None:
+        if sched is None or sched.ended:
+            self._ended = sched is not None
             return None
         x = {dev: sched.x[addr] for dev, addr in self.devices.items()}
         per_word = -(-self.config.slots // WORD_BITS)

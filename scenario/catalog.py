@@ -171,7 +171,7 @@ def generate_homes(n: int, seed: int | None = None, *, check_feasible: bool = Tr
         "chain": {"signers": 1, "period": 1 if n > 20 else 0,
                   "nodes": "per_group" if n > 20 else "per_device",
                   "group_size": max(10, -(-n // (4 if n <= 400 else 2))),
-                  "round_deadline_blocks": 20},
+                  "round_deadline_s": 30},
         "playback": {"seconds_per_slot": 0.25, "realtime": False},
         "devices": devices,
     }

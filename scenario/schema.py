@@ -126,7 +126,11 @@ class ChainSpec(BaseModel):
     period: int = Field(0, ge=0, description="Clique block period (s)")
     nodes: Literal["per_device", "per_group"] = Field("per_device")
     group_size: int = Field(10, ge=1, description="devices per member node / process")
-    round_deadline_blocks: int = Field(20, ge=1)
+    round_deadline_s: int = Field(
+        30, ge=1, lt=2**32,
+        description="seconds of block time after a round starts from which a participant or "
+                    "the operator may close it without its stragglers (the lab's orchestrator "
+                    "does when the round stalls)")
 
     @model_validator(mode="after")
     def _clique(self) -> ChainSpec:

@@ -302,8 +302,10 @@ def test_homes10_through_contract_matches_reference():
 def test_client_on_geth(request):
     from aggregator_contract.client import (
         Coordinator,
+        DeadlineNotReached,
         NotWhitelisted,
         Refused,
+        SessionEnded,
         WrongRound,
         connect,
     )
@@ -399,6 +401,30 @@ def test_client_on_geth(request):
                               sched.x[devs[i].address])
     with pytest.raises(Refused, match="schedule already stored"):
         clients[0].publish_schedule(sid)
+
+    # a second session: the deadline is in seconds of block time, and the operator ends
+    # the session unconverged; later calls get the typed refusal, lab verify replays it
+    sid2 = coord.open_session(feeder, settings, [a.address for a in devs], deadline_s=5)
+    opened = coord.current().deadline - 5
+    clients[0].submit(sid2, 0, x[0])
+    if time.time() < opened + 4:  # mined at once (period 0): stamped before the deadline
+        with pytest.raises(DeadlineNotReached):
+            clients[1].advance(sid2)
+    while time.time() < opened + 6:
+        time.sleep(0.2)
+    clients[1].advance(sid2)
+    assert coord.current().round == 1
+    clients[2].submit(sid2, 1, x[2])
+    coord.end_session(sid2)
+    with pytest.raises(SessionEnded, match="session ended"):
+        clients[1].submit(sid2, 1, x[1])
+    with pytest.raises(SessionEnded):
+        coord.wait_for_round(sid2, 2, timeout=5)
+    ended = coord.schedule(sid2)
+    assert ended.ended and not ended.converged and ended.round == 1
+    assert np.array_equal(ended.x[devs[2].address], fp.quantize_kw(x[2]))
+    verdict = verify_session(coord, sid2)
+    assert verdict.ok and verdict.ended, verdict.problems
 
 
 # ---------------------------------------------------------------- scale: sums, not loops
