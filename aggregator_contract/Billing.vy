@@ -87,6 +87,7 @@ struct Bill:
 
 interface Registry:
     def finals(session: uint256) -> Final: view
+    def ended(session: uint256) -> bool: view
     def schedule(session: uint256, device: address) -> DynArray[uint256, MAX_WORDS]: view
 
 
@@ -180,8 +181,9 @@ def register_meters(meters: DynArray[address, MAX_HOMES], homes: DynArray[addres
 @external
 def open_billing(session: uint256, tariff: Tariff, homes: DynArray[address, MAX_HOMES]):
     """
-    @dev Open the billing of a finalized session for `homes` (its participants).
-    @param session The Coordinator's session id; finalized.
+    @dev Open the billing of a finalized session for `homes` (its participants); not of
+         one the operator ended unconverged (`end_session`): it has no schedule to bill.
+    @param session The Coordinator's session id; finalized, not ended.
     @param tariff The slot length (as the session's), the reading period k (k | 100,
            k | T), the deviation tolerance and the imbalance price.
     @param homes The homes to settle, distinct.
@@ -190,6 +192,7 @@ def open_billing(session: uint256, tariff: Tariff, homes: DynArray[address, MAX_
     assert self.sessions[session].slots == 0, "billing already open"
     f: Final = staticcall Registry(registry).finals(session)
     assert f.finalized, "session not finalized"
+    assert not staticcall Registry(registry).ended(session), "session ended"
     assert tariff.period > 0 and 100 % tariff.period == 0, "period must divide 100"
     assert f.slots % tariff.period == 0, "period must divide T"
     assert tariff.delta_wad > 0 and tariff.delta_wad < 2**100, "bad delta"

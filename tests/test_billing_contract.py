@@ -181,6 +181,10 @@ def test_open_billing_refusals(boa_env):  # noqa: F811
     b = _deploy_billing(sess)
     with boa.env.prank(sess.operator), boa.reverts("session not finalized"):
         b.open_billing(sess.session, bl.Tariff(delta_h=0.25).as_tuple(), sess.devices)
+    with boa.env.prank(sess.operator):  # ended unconverged: no schedule to bill
+        sess.c.end_session(sess.session)
+    with boa.env.prank(sess.operator), boa.reverts("session ended"):
+        b.open_billing(sess.session, bl.Tariff(delta_h=0.25).as_tuple(), sess.devices)
 
 
 def test_schedule_must_be_published_and_withdraw_after_settlement(boa_env):  # noqa: F811
