@@ -1,4 +1,5 @@
-"""The lab's runtime subcommands: `up`, `run`, `down`, `watch`. Registered on the `lab` CLI
+"""The lab's runtime subcommands: `up`, `run`, `down`, `watch`, `verify`, `bill`, `end`.
+Registered on the `lab` CLI
 by lab/cli.py; heavy imports stay inside the functions so `lab --help` stays fast."""
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def add_commands(sub) -> None:
                        "JSON in RUN/results); last stdout line is a JSON summary")
     p.add_argument("run_dir", nargs="?", help="run folder (default: the running lab's)")
     p.set_defaults(func=_cmd_bill)
+    p = sub.add_parser("end", help="end the run's session unconverged (the operator's "
+                       "end_session): devices and the orchestrator stop, nothing is played")
+    p.add_argument("run_dir", nargs="?", help="run folder (default: the running lab's)")
+    p.set_defaults(func=_cmd_end)
 
 
 def _load(name: str):
@@ -118,6 +123,28 @@ def _cmd_bill(args: argparse.Namespace) -> int:
     print(json.dumps({"session": bills["session"], "ok": bills["ok"],
                       "problems": bills["problems"], **bills["settlement"]}))
     return 0 if bills["ok"] else 1
+
+
+def _cmd_end(args: argparse.Namespace) -> int:
+    """The operator (the run's key) ends the session; its orchestrator, if running, sees it
+    and stops the run cleanly."""
+    from aggregator_contract.client import Coordinator, CoordinatorError, connect
+    from chain.keys import load_account, operator_path
+    from lab.runchain import run_chain, run_info
+
+    run_dir = _run_dir(args.run_dir)
+    lab = run_info(run_dir)
+    session = int(lab["session"])
+    with run_chain(run_dir) as url:
+        coord = Coordinator(connect(url), lab["contract"],
+                            load_account(operator_path(run_dir)))
+        try:
+            coord.end_session(session)
+        except CoordinatorError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    print(json.dumps({"session": session, "ended": True}))
+    return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

@@ -169,6 +169,51 @@ def test_device_process_killed_mid_run_still_finalizes(runs):
     assert prog.rows[-1]["converged"]
 
 
+def test_lab_end_stops_devices_and_orchestrator_cleanly(runs):
+    """`lab end RUN` (the operator's end_session) mid-run: the orchestrator's rounds stop
+    with `ended`, every device process exits 0 without publishing, later submissions get
+    the typed refusal, and lab verify replays the ended session."""
+    from aggregator_contract.client import Coordinator, SessionEnded
+    from chain.keys import device_path, load_account
+    from lab.orchestrator import Lab
+    from lab.runfolder import RunFolder
+    from lab.verify import verify_session
+    from scenario import load
+
+    scen = load("homes3")
+    lab = Lab(scen, RunFolder.create(scen.name), out=sys.stderr)
+    try:
+        lab.prepare()
+        lab.start_chain()
+        lab.deploy()
+        lab.start_devices()
+        lab.coordinator.wait_for_round(lab.session, 2, timeout=120)
+        out = subprocess.run(lab_cmd("end", str(lab.run.path)), capture_output=True,
+                             text=True, env=_env(), cwd=REPO, timeout=60)
+        assert out.returncode == 0, out.stderr
+        prog = lab.follow_rounds(timeout_s=60)
+        deadline = time.monotonic() + 30
+        children = list(lab.supervisor.children.values())
+        while any(c.proc.poll() is None for c in children):
+            assert time.monotonic() < deadline, "device processes did not stop"
+            time.sleep(0.2)
+        summary = lab.ended_summary(prog, time.monotonic())
+        c = lab.coordinator
+        dev = Coordinator(c.w3, c.address, load_account(device_path(lab.run.path,
+                                                                    scen.devices[0].id)))
+        with pytest.raises(SessionEnded):
+            dev.submit(lab.session, prog.rows[-1]["round"] + 1, np.zeros(scen.horizon.slots))
+        verdict = verify_session(c, lab.session, from_block=lab.deploy_block)
+        published = [c.registry_schedule(lab.session, lab.accounts[d.id].address)
+                     for d in scen.devices]
+    finally:
+        lab.stop()
+    assert prog.ended and summary["ended"] and not summary["converged"]
+    assert all(ch.proc.returncode == 0 and ch.restarts == 0 for ch in children)
+    assert published == [None] * len(scen.devices)  # an ended session is not published
+    assert verdict.ok and verdict.ended, verdict.problems
+
+
 def test_up_is_exclusive_and_sigint_leaves_nothing_behind(runs):
     """A second `lab up` while one runs fails clearly; SIGINT to `lab up` stops every
     process it started and frees every port."""
