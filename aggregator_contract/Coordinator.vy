@@ -5,8 +5,9 @@
 @notice Devices submit their x_i for a round; each submission folds itself into running
         sums, so that the submission completing the round (or `advance` after the round
         deadline, stragglers' previous x_i still counting) runs steps 2-6 of
-        aggregator_contract/reference.py in O(T), whatever N. Finalized schedules go to the
-        ScheduleRegistry.
+        aggregator_contract/reference.py in O(T), whatever N. A session's end (finalized,
+        or ended by the operator) is recorded in the ScheduleRegistry, where devices then
+        publish their final x_i and plans (checked against `x_hash`).
 @dev Fixed point, one scale per quantity (aggregator_contract/fixed_point.py is the Python
      side of the same table):
        power   x_i, xbar, zbar, u, device bounds, C, E      1e-9 kW   ("nkW", int64 range)
@@ -656,9 +657,10 @@ def has_submitted(session: uint256, round: uint256, device: address) -> bool:
 @external
 def is_finalized(session: uint256) -> bool:
     """
-    @notice Whether `session` exists and is finalized.
+    @notice Whether `session` exists and is over: finalized (converged or max_rounds) or
+            ended by the operator (`end_session`; the registry's `ended` tells which).
     @param session The session id.
-    @return True once finalized.
+    @return True once over.
     """
     return self._is_finalized(session)
 
