@@ -219,6 +219,7 @@ def run_once(scenario: str, seconds_per_slot: float, kills: int, kill_every: flo
         out, _ = lab.communicate(timeout=60)
     inj.done.set()
     wall = time.monotonic() - t0
+    (runs_root / "lab.log").write_text("".join(lines))  # what `lab run` said, restarts included
     result: dict[str, Any] = {"run": str(run_dir), "faults": inj.counts, "wall_s": round(wall, 1),
                               "finalized": False, "verify_ok": False, "delivered": 0, "due": 0,
                               "problems": []}
@@ -228,7 +229,9 @@ def run_once(scenario: str, seconds_per_slot: float, kills: int, kill_every: flo
         result["problems"].append("lab run failed: " + "".join(lines)[-1500:])
         return result
     result.update(finalized=bool(summary.get("finalized")), rounds=summary.get("rounds"),
-                  billing_ok=(summary.get("billing") or {}).get("ok"))
+                  s_to_final=summary.get("s_to_final"),
+                  billing_ok=(summary.get("billing") or {}).get("ok"),
+                  restarts=[ln.strip() for ln in lines if "restarting" in ln])
     ver = subprocess.run([sys.executable, "-m", "lab.cli", "verify", str(run_dir)],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     try:

@@ -33,7 +33,7 @@ from aggregator_contract.client import Coordinator, CoordinatorError, connect, s
 from aggregator_contract.limits import ScaleError, check_scale
 from chain import keys
 from chain.genesis import GAS_LIMIT
-from chain.network import Network, stop_run
+from chain.network import GethError, Network, rpc, stop_run
 from lab import results as res
 from lab.runfolder import RunFolder, active_lab, claim, claimed_lab, release
 from lab.supervisor import Supervisor, stop_pids
@@ -42,6 +42,8 @@ from scenario import Scenario
 log = logging.getLogger("lab")
 
 STALL_TICK_S = 2.0  # seconds without progress before the orchestrator seals a block
+LAG_CHECK_S = 5.0  # how often member nodes' heads are compared with the signer's
+LAG_RESTART_S = 12.0  # a member behind the signer this long is restarted (see _heal_members)
 
 
 @dataclass
@@ -273,6 +275,7 @@ class Lab:
         data and ports), the lab's broker (on its port, with its users and persistence)."""
         self.supervisor.poll()
         self._revive_nodes()
+        self._heal_members()
         broker = getattr(self, "broker", None)
         if broker is not None and broker.proc is not None and broker.proc.poll() is not None:
             self.say(f"broker exited ({broker.proc.returncode}); restarting it")
@@ -299,6 +302,46 @@ class Lab:
                 log.warning("node %s restart: %s", name, e)
             if net.pid(name):
                 self.run.record_pid(f"geth-{name}", net.pid(name))
+
+    def _heal_members(self) -> None:
+        """Restart a member node that has stayed behind the signer's head for
+        LAG_RESTART_S. Seen under load and after faults (lab/faults.py): a member that
+        missed a propagated block starts a downloader sync (geth 1.13's legacy sync), the
+        sync fails ("Header broke chain ancestry", then "stale headers") and hangs until
+        its 60 s timeout, and while it hangs the node ignores new blocks: its device sees
+        no new round, the round waits for it, and the final block may never reach it. A
+        restarted member syncs in its handshake (chain/network.py). A node that does not
+        answer (stopped, or starting) is left to time."""
+        net = self.network
+        now = time.monotonic()
+        if not isinstance(net, Network) or now < getattr(self, "_lag_next", 0.0):
+            return
+        self._lag_next = now + LAG_CHECK_S
+        behind: dict[str, float] = getattr(self, "_behind", {})
+        self._behind = behind
+        try:
+            top = int(rpc(net.http_url(net.signers()[0]), "eth_blockNumber", timeout=2), 16)
+        except (OSError, GethError):
+            return
+        for name in net.members():
+            try:
+                head = int(rpc(net.http_url(name), "eth_blockNumber", timeout=2), 16)
+            except (OSError, GethError):
+                continue
+            if head >= top:
+                behind.pop(name, None)
+                continue
+            since = behind.setdefault(name, now)
+            if now - since >= LAG_RESTART_S:
+                self.say(f"geth node {name} stuck at block {head} (head {top}) for "
+                         f"{now - since:.0f} s; restarting it")
+                behind.pop(name)
+                try:
+                    net.restart_node(name, timeout=30)
+                except Exception as e:  # noqa: BLE001 - next time
+                    log.warning("node %s restart: %s", name, e)
+                if net.pid(name):
+                    self.run.record_pid(f"geth-{name}", net.pid(name))
 
     # -- metering and billing ----------------------------------------------------------
 
