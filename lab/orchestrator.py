@@ -133,7 +133,7 @@ class Lab:
     def deploy(self) -> None:
         s = self.scenario
         t = time.monotonic()
-        w3 = connect(self.network.http_url(self.network.signers()[0]))
+        w3 = connect(self.network.rpc_url(self.network.signers()[0]))
         self.coordinator = Coordinator.deploy(w3, self.operator)
         self.coordinator.register_devices(
             [(self.accounts[d.id].address, *d.power_bounds()) for d in s.devices])
@@ -320,12 +320,12 @@ class Lab:
         behind: dict[str, float] = getattr(self, "_behind", {})
         self._behind = behind
         try:
-            top = int(rpc(net.http_url(net.signers()[0]), "eth_blockNumber", timeout=2), 16)
+            top = int(rpc(net.rpc_url(net.signers()[0]), "eth_blockNumber", timeout=2), 16)
         except (OSError, GethError):
             return
         for name in net.members():
             try:
-                head = int(rpc(net.http_url(name), "eth_blockNumber", timeout=2), 16)
+                head = int(rpc(net.rpc_url(name), "eth_blockNumber", timeout=2), 16)
             except (OSError, GethError):
                 continue
             if head >= top:
@@ -374,7 +374,7 @@ class Lab:
                 raise TimeoutError(f"the meters did not settle in {timeout_s:.0f} s; "
                                    f"see {self.run.logs / 'meters.log'}")
             time.sleep(0.2)
-        bills = bills_of(self.network.http_url(self.network.signers()[0]),
+        bills = bills_of(self.network.rpc_url(self.network.signers()[0]),
                          self.run.read_json("lab.json"))
         write_bills(self.run.results, bills)
         st = bills["settlement"]
@@ -500,7 +500,7 @@ class Lab:
     def _schedule_readers(self) -> dict[str, str]:
         """Node name -> RPC URL to read the schedule from: every node, signers first."""
         net = self.network
-        return {n: net.http_url(n) for n in [*net.signers(), *net.members()]}
+        return {n: net.rpc_url(n) for n in [*net.signers(), *net.members()]}
 
     def _confirm_elsewhere(self, final_block: int) -> int:
         """Nodes not read directly that are confirmed to hold the final state (none here)."""
