@@ -11,7 +11,7 @@ GETH := tools/bin/geth
 GETH_VERSION := v1.13.15
 LAB := $(BIN)/lab
 
-.PHONY: setup up run down watch solve test test-slow test-compose images-offline bench-admm bench-gas bench-scale contracts docs lint clean
+.PHONY: setup up run down watch solve test test-slow test-faults test-compose images-offline bench-rounds bench-admm bench-gas bench-scale contracts docs lint clean
 
 setup: $(STAMP) $(GETH)
 
@@ -64,6 +64,15 @@ images-offline: setup
 
 test-compose: setup images-offline
 	$(BIN)/pytest -q -m compose tests/test_compose.py
+
+# homes10 under faults (device kills, a stopped member node, signer, broker and bridge
+# restarts): every run finalizes, verifies and delivers every switch (lab/faults.py).
+test-faults: setup
+	$(BIN)/python -m lab.faults
+
+# homes10 ten times in a row: slow rounds (> max(3x median, 3 s)) and stuck members.
+bench-rounds: setup
+	$(BIN)/python -m lab.bench_rounds --scenario $(SCENARIO)
 
 bench-admm: setup
 	$(LAB) bench-admm $(SCENARIO)

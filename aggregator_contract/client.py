@@ -232,15 +232,12 @@ class Schedule:
 
 
 def connect(url: str, timeout: float = 60.0) -> Web3:
-    """A web3 client on a node's HTTP endpoint, with Clique's ExtraDataToPOAMiddleware.
-    (web3 8 has no synchronous WebSocket provider; use AsyncWeb3 for subscriptions.)"""
-    from web3.middleware import ExtraDataToPOAMiddleware
+    """A web3 client on a node (http(s):// or ipc://), with Clique's
+    ExtraDataToPOAMiddleware. (web3 8 has no synchronous WebSocket provider; use AsyncWeb3
+    for subscriptions.)"""
+    from chain.network import make_w3
 
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"connect({url!r}): expected an http(s):// URL")
-    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
-    w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
-    return w3
+    return make_w3(url, timeout)
 
 
 # Gas of a submission that may close the round, measured on geth v1.13.15 with `make

@@ -31,8 +31,8 @@ def status(run_dir: str) -> int:
         row = {"name": n.name, "role": n.role, "pid": n.pid, "http": n.http_url,
                "ws": n.ws_url}
         try:
-            row["head"] = int(rpc(n.http_url, "eth_blockNumber", timeout=2), 16)
-            row["peers"] = int(rpc(n.http_url, "net_peerCount", timeout=2), 16)
+            row["head"] = int(rpc(n.rpc_url, "eth_blockNumber", timeout=2), 16)
+            row["peers"] = int(rpc(n.rpc_url, "net_peerCount", timeout=2), 16)
         except OSError:
             row["head"] = None
         print(json.dumps(row))

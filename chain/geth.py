@@ -70,6 +70,10 @@ class NodeSpec:
     # False: the signer waits for `miner_start` over RPC (several signers start sealing
     # only once peered; otherwise each seals its own block 1 and they fork at once).
     mine: bool = True
+    # the IPC socket (a short path: unix sockets are limited to ~108 bytes). With it, admin,
+    # miner and clique are served over IPC only, and a signer serves no HTTP/WS at all: its
+    # unlocked account is reachable only by processes of the user who runs the lab.
+    ipc_path: Path | None = None
 
 
 def init_command(geth: Path, datadir: Path, genesis: Path) -> list[str]:
@@ -81,11 +85,14 @@ def init_command(geth: Path, datadir: Path, genesis: Path) -> list[str]:
 def node_command(geth: Path, spec: NodeSpec, network_id: int = CHAIN_ID,
                  verbosity: int = 2) -> list[str]:
     """The ``geth`` argv for one node."""
-    # admin (peers), miner (start sealing), clique (who sealed a block) serve the
-    # orchestrator and tests: loopback only.
+    ipc = spec.ipc_path is not None
+    # With IPC, HTTP/WS serve reads and raw transactions only; admin (peers), miner (start
+    # sealing) and clique (who sealed a block) go over the socket. Without it (containers),
+    # they are on HTTP, on loopback only.
     apis = "eth,net,web3,txpool"
-    if spec.addr in _LOOPBACK:
+    if not ipc and spec.addr in _LOOPBACK:
         apis += ",admin,clique" + (",miner" if spec.signer else "")
+    web = not (ipc and spec.signer)  # an unlocked signer serves no HTTP/WS when it has IPC
     cmd = [
         str(geth),
         "--datadir", str(spec.datadir),
@@ -100,14 +107,14 @@ def node_command(geth: Path, spec: NodeSpec, network_id: int = CHAIN_ID,
         # network's), else --port (every interface)
         *([] if spec.config is not None else ["--port", str(spec.p2p_port)]),
         "--nodiscover", "--nat", "none", "--maxpeers", str(spec.maxpeers),
-        "--http", "--http.addr", spec.addr, "--http.port", str(spec.http_port),
-        # Host and Origin checks: a web page in the user's browser cannot reach the node by
-        # DNS rebinding or a cross-origin WebSocket (clients without an Origin still can)
-        "--http.api", apis, "--http.vhosts", "localhost,127.0.0.1",
-        "--ws", "--ws.addr", spec.addr, "--ws.port", str(spec.ws_port),
-        "--ws.api", apis, "--ws.origins", "localhost,127.0.0.1",
+        *(["--http", "--http.addr", spec.addr, "--http.port", str(spec.http_port),
+           # Host and Origin checks: a web page in the user's browser cannot reach the
+           # node by DNS rebinding or a cross-origin WebSocket
+           "--http.api", apis, "--http.vhosts", "localhost,127.0.0.1",
+           "--ws", "--ws.addr", spec.addr, "--ws.port", str(spec.ws_port),
+           "--ws.api", apis, "--ws.origins", "localhost,127.0.0.1"] if web else []),
         "--authrpc.addr", "127.0.0.1", "--authrpc.port", str(spec.authrpc_port),
-        "--ipcdisable",  # unix socket paths are limited to ~108 chars; we use HTTP/WS
+        *(["--ipcpath", str(spec.ipc_path)] if ipc else ["--ipcdisable"]),
         "--miner.gasprice", str(MIN_TIP_WEI),
         "--txpool.pricelimit", str(MIN_TIP_WEI),
         "--rpc.txfeecap", "0",  # no cap on fee per tx (huge round-closing txs are fine)
@@ -126,7 +133,8 @@ def node_command(geth: Path, spec: NodeSpec, network_id: int = CHAIN_ID,
         cmd += (["--mine"] if spec.mine else []) + [
             "--miner.etherbase", spec.signer, "--miner.gaslimit", str(GAS_LIMIT),
             "--unlock", spec.signer, "--password", str(spec.password_file),
-            "--allow-insecure-unlock",  # unlocking with HTTP enabled; loopback-only chain
+            # containers only (no IPC path): geth refuses --unlock beside HTTP otherwise
+            *(["--allow-insecure-unlock"] if web else []),
         ]
     return cmd
 

@@ -96,10 +96,18 @@ class NodeInfo:
     log: str = ""
     neighbours: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"  # the address other nodes dial (the enode's host)
+    ipc: str = ""  # the node's IPC socket (local runtime); "" in containers
 
     @property
     def http_url(self) -> str:
+        """HTTP (members only when the node has IPC: a signer then serves no HTTP)."""
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def rpc_url(self) -> str:
+        """Where the lab's own processes talk to the node: its IPC socket (every API, for
+        this user only) when it has one, else HTTP."""
+        return f"ipc://{self.ipc}" if self.ipc else self.http_url
 
     @property
     def ws_url(self) -> str:
@@ -131,15 +139,48 @@ def load_nodes(run_dir: str | Path) -> dict[str, NodeInfo]:
 
 
 def rpc(url: str, method: str, params: list | None = None, timeout: float = 10.0):
-    """One JSON-RPC call (plain urllib: fast, no web3 needed for health checks)."""
+    """One JSON-RPC call over http:// or ipc:// (no web3 needed for health checks)."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
                        "params": params or []}).encode()
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        out = json.loads(resp.read())
+    if url.startswith("ipc://"):
+        out = _ipc_call(url.removeprefix("ipc://"), body, timeout)
+    else:
+        req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            out = json.loads(resp.read())
     if "error" in out:
         raise GethError(f"{url} {method}: {out['error'].get('message')}")
     return out["result"]
+
+
+def _ipc_call(path: str, body: bytes, timeout: float) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(body)
+        buf, dec = b"", json.JSONDecoder()
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise OSError(f"ipc://{path}: connection closed before a reply")
+            buf += chunk
+            try:  # geth writes one JSON object per reply
+                return dec.raw_decode(buf.decode().strip())[0]
+            except (ValueError, UnicodeDecodeError):
+                continue
+
+
+def ipc_dir(run_dir: str | Path) -> Path:
+    """A short folder (mode 0700) for a run's IPC sockets: unix socket paths are limited to
+    ~108 bytes, and run folders can be deep."""
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    d = Path(tempfile.gettempdir()) / f"lab-{os.getuid()}-{tag}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    d.chmod(0o700)
+    return d
 
 
 def _free_ports(n: int) -> list[int]:
@@ -247,7 +288,7 @@ class Network:
             net = cls._resume(run_dir, signer_names, names, period, fund, die_with_parent)
         else:
             net = cls.create(run_dir, members, signers, period, fund,
-                             die_with_parent=die_with_parent)
+                             die_with_parent=die_with_parent, ipc=True)
         net._init_datadirs()
         net.verbosity = verbosity
         try:
@@ -277,6 +318,7 @@ class Network:
         dial_members: bool = False,
         extra: dict | None = None,
         die_with_parent: bool = True,
+        ipc: bool = False,
     ) -> Network:
         """Write a new network's files and start nothing: signer keys, genesis, node keys,
         peer configs (config.toml) and chain/network.json. Both runtimes use it.
@@ -286,7 +328,8 @@ class Network:
         them (recorded in network.json; the files are always written under
         run_dir/chain/nodes). dial_members: members also dial their ring neighbours (for
         nodes that cannot be told to by admin_addPeer, e.g. in containers). extra: more
-        top-level keys of network.json."""
+        top-level keys of network.json. ipc: every node gets an IPC socket (ipc_dir) and
+        signers serve no HTTP/WS (local runtime)."""
         run_dir = Path(run_dir).resolve()
         signer_names, member_names = _names(members, signers)
         gen.validate_signers(signers, period)
@@ -299,7 +342,8 @@ class Network:
         ports = iter(_free_ports(4 * len(all_names)))
         seen_as = Path(datadir_root) if datadir_root else chain_dir / "nodes"
         nodes: dict[str, NodeInfo] = {}
-        for name in all_names:
+        sockets = ipc_dir(run_dir) if ipc else None
+        for k, name in enumerate(all_names):
             datadir = chain_dir / "nodes" / name
             (datadir / "geth").mkdir(parents=True, exist_ok=True)
             datadir.chmod(0o700)  # its node key and, for a signer, its keystore
@@ -314,6 +358,7 @@ class Network:
                 enode=f"enode://{nodekey.public_key.to_hex()[2:]}@{addr}:{p2p}",
                 signer_address=acct.address if acct else None,
                 log=str(run_dir / "logs" / f"geth-{name}.log"), host=addr,
+                ipc=str(sockets / f"{k}.ipc") if sockets else "",
             )
             if acct:  # geth --unlock finds the key in the datadir's keystore
                 keys.write_private(datadir / "keystore" / f"{name}.json",
@@ -375,7 +420,9 @@ class Network:
         data = {"chain_id": gen.CHAIN_ID, "period": self.period, **self.extra,
                 "nodes": [asdict(n) for n in self.nodes.values()]}
         for d, n in zip(data["nodes"], self.nodes.values(), strict=True):
-            d["http_url"], d["ws_url"] = n.http_url, n.ws_url  # for non-Python readers
+            web = not (n.ipc and n.role == SIGNER)
+            # for non-Python readers: a signer with IPC serves no HTTP/WS
+            d["http_url"], d["ws_url"] = (n.http_url, n.ws_url) if web else (None, None)
         path = network_file(self.run_dir)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -392,6 +439,7 @@ class Network:
             config=Path(info.datadir) / "config.toml", signer=info.signer_address,
             password_file=pw, mine=len(self.signers()) == 1,
             maxpeers=max_peers(info, len(self.nodes)),
+            ipc_path=Path(info.ipc) if info.ipc else None,
         )
 
     def pid(self, name: str) -> int | None:
@@ -403,6 +451,8 @@ class Network:
         for name in names:
             info = self.nodes[name]
             Path(info.log).parent.mkdir(parents=True, exist_ok=True)
+            if info.ipc:  # after a reboot /tmp is empty again
+                ipc_dir(self.run_dir)
             with open(info.log, "ab") as log:
                 log.write(f"==== {time.strftime('%F %T')} start {name}\n".encode())
                 log.flush()
@@ -426,11 +476,11 @@ class Network:
                 raise GethError(f"geth node {name} exited with code {p.returncode} at start; "
                                 f"log {info.log}:\n{_log_tail(info.log)}")
             try:
-                rpc(info.http_url, "web3_clientVersion", timeout=2)
+                rpc(info.rpc_url, "web3_clientVersion", timeout=2)
                 return
             except (OSError, GethError):
                 if time.monotonic() > deadline:
-                    raise GethError(f"geth node {name}: no RPC on {info.http_url}; "
+                    raise GethError(f"geth node {name}: no RPC on {info.rpc_url}; "
                                     f"log {info.log}:\n{_log_tail(info.log)}") from None
                 time.sleep(0.1)
 
@@ -460,16 +510,16 @@ class Network:
             info = self.nodes[name]
             want = {self.nodes[m].node_id for m in info.neighbours if m in live}
             # admin_peers' "id" is keccak(pubkey); the enode carries the pubkey itself
-            have = {_pubkey(p["enode"]) for p in rpc(info.http_url, "admin_peers")}
+            have = {_pubkey(p["enode"]) for p in rpc(info.rpc_url, "admin_peers")}
             enough = want <= have if full or info.role == SIGNER else bool(want & have)
             if not enough:
                 return f"{name} has {len(want & have)}/{len(want)} neighbours peered"
         if not head:
             return ""
         ref = next((n for n in self.signers() if n in live), names[0])
-        top = rpc(self.nodes[ref].http_url, "eth_getBlockByNumber", ["latest", False])
+        top = rpc(self.nodes[ref].rpc_url, "eth_getBlockByNumber", ["latest", False])
         for name in names:
-            blk = rpc(self.nodes[name].http_url, "eth_getBlockByNumber",
+            blk = rpc(self.nodes[name].rpc_url, "eth_getBlockByNumber",
                       [top["number"], False])
             if blk is None or blk["hash"] != top["hash"]:
                 return f"{name} does not have {ref}'s head block {int(top['number'], 16)}"
@@ -480,7 +530,7 @@ class Network:
         ref = next((n for n in self.signers() if self.pid(n)), None)
         if ref is None:
             raise GethError("no signer node is running: the chain cannot make blocks")
-        advance_head(self.nodes[ref].http_url, keys.signer_path(self.run_dir, ref),
+        advance_head(self.nodes[ref].rpc_url, keys.signer_path(self.run_dir, ref),
                      self.period, timeout, f"{ref} (log {self.nodes[ref].log})")
 
     def _start_signers(self, names: Sequence[str], timeout: float) -> None:
@@ -493,7 +543,7 @@ class Network:
             for s in names:
                 self._wait_unlocked(s, deadline)
             for s in names:
-                rpc(self.nodes[s].http_url, "miner_start")
+                rpc(self.nodes[s].rpc_url, "miner_start")
 
     def _wait_unlocked(self, name: str, deadline: float) -> None:
         # geth unlocks --unlock accounts after RPC is up; a miner started before that fails
@@ -501,7 +551,7 @@ class Network:
         info = self.nodes[name]
         while True:
             try:
-                rpc(info.http_url, "eth_sign", [info.signer_address, "0x00"])
+                rpc(info.rpc_url, "eth_sign", [info.signer_address, "0x00"])
                 return
             except GethError:
                 if time.monotonic() > deadline:
@@ -516,11 +566,11 @@ class Network:
         for s in self.signers():
             if self.pid(s):
                 for m in live:
-                    rpc(self.nodes[s].http_url, "admin_addPeer", [self.nodes[m].enode])
+                    rpc(self.nodes[s].rpc_url, "admin_addPeer", [self.nodes[m].enode])
         for m in live:
             for other in self.nodes[m].neighbours:
                 if self.nodes[other].role == MEMBER and other in live and other > m:
-                    rpc(self.nodes[m].http_url, "admin_addPeer", [self.nodes[other].enode])
+                    rpc(self.nodes[m].rpc_url, "admin_addPeer", [self.nodes[other].enode])
 
     def stop_node(self, name: str) -> None:
         """Stop one node (SIGTERM, then SIGKILL after 15 s). Its data stays."""
@@ -574,23 +624,30 @@ class Network:
     def members(self) -> list[str]:
         return [n for n, i in self.nodes.items() if i.role == MEMBER]
 
-    def http_url(self, name: str) -> str:
-        return self.nodes[name].http_url
+    def rpc_url(self, name: str) -> str:
+        """Where the lab talks to node `name` (its IPC socket here; NodeInfo.rpc_url)."""
+        return self.nodes[name].rpc_url
 
     def ws_url(self, name: str) -> str:
         return self.nodes[name].ws_url
 
     def w3(self, name: str, timeout: float = 60.0):
-        """A web3 client on the node's HTTP endpoint, with Clique's extraData middleware."""
-        return make_w3(self.nodes[name].http_url, timeout)
+        """A web3 client on the node, with Clique's extraData middleware."""
+        return make_w3(self.nodes[name].rpc_url, timeout)
 
 
-def make_w3(http_url: str, timeout: float = 60.0):
-    """web3 (v8) HTTP client for a Clique node: ExtraDataToPOAMiddleware injected."""
+def make_w3(url: str, timeout: float = 60.0):
+    """web3 (v8) client for a Clique node over http(s):// or ipc://, with
+    ExtraDataToPOAMiddleware injected."""
     from web3 import Web3
     from web3.middleware import ExtraDataToPOAMiddleware
 
-    w3 = Web3(Web3.HTTPProvider(http_url, request_kwargs={"timeout": timeout}))
+    if url.startswith("ipc://"):
+        w3 = Web3(Web3.IPCProvider(url.removeprefix("ipc://"), timeout=timeout))
+    elif url.startswith(("http://", "https://")):
+        w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
+    else:
+        raise ValueError(f"node URL {url!r}: expected http(s):// or ipc://")
     w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
     return w3
 

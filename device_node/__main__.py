@@ -33,7 +33,7 @@ log = logging.getLogger("device_node")
 def build_agents(run_dir: Path, node: str, device_ids: list[str]) -> list[DeviceAgent]:
     lab = json.loads((run_dir / "lab.json").read_text())
     info = load_nodes(run_dir)[node]
-    w3 = connect(info.http_url)
+    w3 = connect(info.rpc_url)
     agents = []
     for dev in device_ids:
         payload_file = run_dir / "devices" / f"{dev}.yaml"

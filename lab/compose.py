@@ -458,7 +458,7 @@ class ComposeNetwork:
         self.nodes = dict(chain.nodes)
         self.signers = _NameList(chain.signers())
 
-    def http_url(self, name: str) -> str:
+    def rpc_url(self, name: str) -> str:
         if name not in self.signers:
             raise ComposeError(f"node {name} runs in a container; its RPC is not published")
         return self.chain.nodes[name].http_url

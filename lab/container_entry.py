@@ -79,7 +79,7 @@ class Entry:
             log.flush()
             self.geth = subprocess.Popen(self.geth_argv, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
-        url = load_nodes(self.run_dir)[self.node].http_url
+        url = load_nodes(self.run_dir)[self.node].rpc_url
         while not self.stopping:
             if self.geth.poll() is not None:
                 raise SystemExit(f"[{self.node}] geth exited with code {self.geth.returncode}"

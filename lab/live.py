@@ -165,7 +165,7 @@ class ChainFollower:
         if lab is None:
             return False
         signer = next(n for n in load_nodes(self.run_dir).values() if n.role == "signer")
-        coord = Coordinator(connect(signer.http_url), lab["contract"])
+        coord = Coordinator(connect(signer.rpc_url), lab["contract"])
         self.session = int(lab["session"])
         self.deploy_block = int(lab.get("deploy_block", 0))
         info = coord.session_info(self.session, from_block=self.deploy_block)

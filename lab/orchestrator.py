@@ -20,6 +20,7 @@ summary says `ended`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from aggregator_contract.client import Coordinator, CoordinatorError, connect, s
 from aggregator_contract.limits import ScaleError, check_scale
 from chain import keys
 from chain.genesis import GAS_LIMIT
-from chain.network import Network, stop_run
+from chain.network import GethError, Network, rpc, stop_run
 from lab import results as res
 from lab.runfolder import RunFolder, active_lab, claim, claimed_lab, release
 from lab.supervisor import Supervisor, stop_pids
@@ -44,6 +45,8 @@ from scenario import Scenario
 log = logging.getLogger("lab")
 
 STALL_TICK_S = 2.0  # seconds without progress before the orchestrator seals a block
+LAG_CHECK_S = 5.0  # how often member nodes' heads are compared with the signer's
+LAG_RESTART_S = 12.0  # a member behind the signer this long is restarted (see _heal_members)
 
 
 @dataclass
@@ -134,7 +137,7 @@ class Lab:
     def deploy(self) -> None:
         s = self.scenario
         t = time.monotonic()
-        w3 = connect(self.network.http_url(self.network.signers()[0]))
+        w3 = connect(self.network.rpc_url(self.network.signers()[0]))
         self.coordinator = Coordinator.deploy(w3, self.operator)
         self.coordinator.register_devices(
             [(self.accounts[d.id].address, *d.power_bounds()) for d in s.devices])
@@ -244,8 +247,8 @@ class Lab:
 
         bridge = self.supervisor.children["bridge"]
         deadline = time.monotonic() + timeout_s
-        while bridge.alive:
-            self.supervisor.poll()
+        while bridge.proc.poll() != 0:  # a killed bridge is restarted by tend() and resumes
+            self.tend()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the bridge did not finish the day in {timeout_s:.0f} s")
             time.sleep(0.2)
@@ -268,6 +271,82 @@ class Lab:
                 "actuators_following_plan": len(self.bridge_config.actuators) - len(problems),
                 "problems": problems, "commands": report["stats"].get("commands"),
                 "ack_latency_ms_p50": lat.get("p50"), "ack_latency_ms_p99": lat.get("p99")}
+
+    # -- keeping processes up ---------------------------------------------------------
+
+    def tend(self) -> None:
+        """Restart what died: device processes, the bridge, the emulators and the meters
+        (the Supervisor; each resumes from the chain or the run folder), a geth node (on its
+        data and ports), the lab's broker (on its port, with its users and persistence)."""
+        self.supervisor.poll()
+        self._revive_nodes()
+        self._heal_members()
+        broker = getattr(self, "broker", None)
+        if broker is not None and broker.proc is not None and broker.proc.poll() is not None:
+            self.say(f"broker exited ({broker.proc.returncode}); restarting it")
+            broker.proc = None
+            try:
+                broker.start()
+                self.run.record_pid("broker", broker.pid)
+            except Exception as e:  # noqa: BLE001 - try again on the next tend
+                log.warning("broker restart failed: %s", e)
+
+    def _revive_nodes(self) -> None:
+        """Start a geth node whose process is gone (local runtime; Compose restarts its
+        containers itself). A node that is alive but stopped (SIGSTOP) is left alone."""
+        net = self.network
+        if not isinstance(net, Network):
+            return
+        for name in net.nodes:
+            if net.pid(name) is not None:
+                continue
+            self.say(f"geth node {name} is gone; restarting it on its data")
+            try:
+                net.start_node(name, timeout=30)
+            except Exception as e:  # noqa: BLE001 - e.g. a peer not answering: next tend
+                log.warning("node %s restart: %s", name, e)
+            if net.pid(name):
+                self.run.record_pid(f"geth-{name}", net.pid(name))
+
+    def _heal_members(self) -> None:
+        """Restart a member node that has stayed behind the signer's head for
+        LAG_RESTART_S. Seen under load and after faults (lab/faults.py): a member that
+        missed a propagated block starts a downloader sync (geth 1.13's legacy sync), the
+        sync fails ("Header broke chain ancestry", then "stale headers") and hangs until
+        its 60 s timeout, and while it hangs the node ignores new blocks: its device sees
+        no new round, the round waits for it, and the final block may never reach it. A
+        restarted member syncs in its handshake (chain/network.py). A node that does not
+        answer (stopped, or starting) is left to time."""
+        net = self.network
+        now = time.monotonic()
+        if not isinstance(net, Network) or now < getattr(self, "_lag_next", 0.0):
+            return
+        self._lag_next = now + LAG_CHECK_S
+        behind: dict[str, float] = getattr(self, "_behind", {})
+        self._behind = behind
+        try:
+            top = int(rpc(net.rpc_url(net.signers()[0]), "eth_blockNumber", timeout=2), 16)
+        except (OSError, GethError):
+            return
+        for name in net.members():
+            try:
+                head = int(rpc(net.rpc_url(name), "eth_blockNumber", timeout=2), 16)
+            except (OSError, GethError):
+                continue
+            if head >= top:
+                behind.pop(name, None)
+                continue
+            since = behind.setdefault(name, now)
+            if now - since >= LAG_RESTART_S:
+                self.say(f"geth node {name} stuck at block {head} (head {top}) for "
+                         f"{now - since:.0f} s; restarting it")
+                behind.pop(name)
+                try:
+                    net.restart_node(name, timeout=30)
+                except Exception as e:  # noqa: BLE001 - next time
+                    log.warning("node %s restart: %s", name, e)
+                if net.pid(name):
+                    self.run.record_pid(f"geth-{name}", net.pid(name))
 
     # -- metering and billing ----------------------------------------------------------
 
@@ -312,12 +391,12 @@ class Lab:
         meters = self.supervisor.children["meters"]
         deadline = time.monotonic() + timeout_s
         while meters.proc.poll() != 0:  # a failed one is restarted by poll() and resumes
-            self.supervisor.poll()
+            self.tend()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the meters did not settle in {timeout_s:.0f} s; "
                                    f"see {self.run.logs / 'meters.log'}")
             time.sleep(0.2)
-        bills = bills_of(self.network.http_url(self.network.signers()[0]),
+        bills = bills_of(self.network.rpc_url(self.network.signers()[0]),
                          self.run.read_json("lab.json"))
         write_bills(self.run.results, bills)
         st = bills["settlement"]
@@ -332,44 +411,55 @@ class Lab:
     # -- the rounds ---------------------------------------------------------------------
 
     def follow_rounds(self, timeout_s: float | None = None) -> Progress:
-        """Print one line per closed round until the session is final."""
-        coord, session = self.coordinator, self.session
+        """Print one line per closed round until the session is final. A node that stops
+        answering (restarted by `tend`) only delays it."""
         prog = Progress()
-        next_round, from_block = 0, self.deploy_block
-        last_seen, last_head = time.monotonic(), -1
-        prev_block = self.open_block
+        self._next_round, self._from_block = 0, self.deploy_block
+        self._last_seen, self._last_head = time.monotonic(), -1
+        self._prev_block = self.open_block
         while True:
-            self.supervisor.poll()
-            final = coord.is_finalized(session)  # before the events: the last one is read
-            recs = [r for r in coord.rounds(session, from_block=from_block)
-                    if r.round >= next_round]
-            now = time.monotonic()
-            for r in recs:
-                gas = self._gas_between(prev_block, r.block)
-                row = {"round": r.round, "r": r.r, "s": r.s, "eps_pri": r.eps_pri,
-                       "eps_dual": r.eps_dual, "rho": r.rho, "rho_next": r.rho_next,
-                       "converged": r.converged, "stragglers": r.stragglers, "block": r.block,
-                       "gas": gas, "wall_s": round(now - prog.t_last, 4)}
-                prog.rows.append(row)
-                prog.t_last = now
-                prev_block = r.block
-                next_round, from_block = r.round + 1, r.block
-                self.say(f"round {r.round:3d} | r {r.r:9.3e} (eps {r.eps_pri:8.2e}) | "
-                         f"s {r.s:9.3e} (eps {r.eps_dual:8.2e}) | rho {r.rho:8.4g} | "
-                         f"{row['wall_s']:6.3f} s | gas {gas:,}"
-                         + (f" | {r.stragglers} straggler(s)" if r.stragglers else ""))
-            head = coord.w3.eth.block_number
-            if recs or head != last_head:  # progress: a round closed or a block was sealed
-                last_seen, last_head = now, head
-            if final:
-                prog.ended = coord.is_ended(session)
-                return prog
-            if timeout_s is not None and now - prog.t_start > timeout_s:
-                raise TimeoutError(f"session {session} not final after {timeout_s:.0f} s")
-            if now - last_seen > STALL_TICK_S:
-                self._unstick()
-                last_seen = now
+            self.tend()
+            try:
+                if self._poll_rounds(prog):
+                    return prog
+            except OSError as e:  # the node we read through is down: tend restarts it
+                log.warning("chain read failed (%s); retrying", e)
+                time.sleep(1.0)
+            if timeout_s is not None and time.monotonic() - prog.t_start > timeout_s:
+                raise TimeoutError(f"session {self.session} not final after {timeout_s:.0f} s")
             time.sleep(0.1)
+
+    def _poll_rounds(self, prog: Progress) -> bool:
+        """Record the rounds closed since the last call; True once the session is final."""
+        coord, session = self.coordinator, self.session
+        final = coord.is_finalized(session)  # before the events: the last one is read
+        recs = [r for r in coord.rounds(session, from_block=self._from_block)
+                if r.round >= self._next_round]
+        now = time.monotonic()
+        for r in recs:
+            gas = self._gas_between(self._prev_block, r.block)
+            row = {"round": r.round, "r": r.r, "s": r.s, "eps_pri": r.eps_pri,
+                   "eps_dual": r.eps_dual, "rho": r.rho, "rho_next": r.rho_next,
+                   "converged": r.converged, "stragglers": r.stragglers, "block": r.block,
+                   "gas": gas, "wall_s": round(now - prog.t_last, 4)}
+            prog.rows.append(row)
+            prog.t_last = now
+            self._prev_block = r.block
+            self._next_round, self._from_block = r.round + 1, r.block
+            self.say(f"round {r.round:3d} | r {r.r:9.3e} (eps {r.eps_pri:8.2e}) | "
+                     f"s {r.s:9.3e} (eps {r.eps_dual:8.2e}) | rho {r.rho:8.4g} | "
+                     f"{row['wall_s']:6.3f} s | gas {gas:,}"
+                     + (f" | {r.stragglers} straggler(s)" if r.stragglers else ""))
+        head = coord.w3.eth.block_number
+        if recs or head != self._last_head:  # progress: a round closed or a block was sealed
+            self._last_seen, self._last_head = now, head
+        if final:
+            prog.ended = coord.is_ended(session)
+            return True
+        if now - self._last_seen > STALL_TICK_S:
+            self._unstick()
+            self._last_seen = now
+        return False
 
     def _unstick(self) -> None:
         """No progress: seal a block (period 0 seals only on transactions) and, once the
@@ -427,19 +517,21 @@ class Lab:
         while True:
             try:
                 return c.wait_finalized(self.session, timeout=5)
-            except TimeoutError:
+            except (TimeoutError, OSError):
+                self.tend()
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"node {name}: session {self.session} finalized on "
                                        f"the signer but not imported in {timeout:.0f}s") from None
                 log.warning("node %s has not imported the final block; sealing a block", name)
                 if self.scenario.chain.period == 0:
-                    send_tx(self.coordinator.w3, self.operator,
-                            {"to": self.operator.address, "value": 0}, "tick")
+                    with contextlib.suppress(OSError):  # the signer is restarting
+                        send_tx(self.coordinator.w3, self.operator,
+                                {"to": self.operator.address, "value": 0}, "tick")
 
     def _schedule_readers(self) -> dict[str, str]:
         """Node name -> RPC URL to read the schedule from: every node, signers first."""
         net = self.network
-        return {n: net.http_url(n) for n in [*net.signers(), *net.members()]}
+        return {n: net.rpc_url(n) for n in [*net.signers(), *net.members()]}
 
     def _confirm_elsewhere(self, final_block: int) -> int:
         """Nodes not read directly that are confirmed to hold the final state (none here)."""

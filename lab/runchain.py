@@ -30,7 +30,7 @@ def run_chain(run_dir: Path) -> Iterator[str]:
     signer = next(n for n in nodes.values() if n.role == "signer")
     net = None
     try:
-        rpc(signer.http_url, "web3_clientVersion", timeout=1)
+        rpc(signer.rpc_url, "web3_clientVersion", timeout=1)
     except Exception:  # noqa: BLE001 - not running: resume it from its data
         chain = yaml.safe_load((run_dir / "scenario.yaml").read_text()).get("chain") or {}
         members = [n.name for n in nodes.values() if n.role == "member"]
@@ -38,7 +38,7 @@ def run_chain(run_dir: Path) -> Iterator[str]:
         net = Network.start(run_dir, members=members, signers=signers,
                             period=int(chain.get("period", 0)))
     try:
-        yield signer.http_url
+        yield signer.rpc_url
     finally:
         if net is not None:
             net.stop()

@@ -78,7 +78,7 @@ class RunMeters:
             f = self.run_dir / "devices" / f"{d}.yaml"
             self.specs[d] = device_from_payload(yaml.safe_load(f.read_text()), str(f))
         self.config = BridgeConfig.load(self.run_dir / "bridge.json")
-        w3 = connect(load_nodes(self.run_dir)[node].http_url)
+        w3 = connect(load_nodes(self.run_dir)[node].rpc_url)
         self.coord = Coordinator(w3, lab["contract"])
         self.billing = Billing(w3, lab["billing"]["contract"])
         self.meters = {d: keys.load_account(keys.meter_path(self.run_dir, d))

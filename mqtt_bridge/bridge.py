@@ -400,8 +400,11 @@ class Bridge:
         horizon.start in real time). Returns the statistics."""
         sps = self._seconds_per_slot()
         if day_start is None:
+            day_start = self._resumed_day_start()
+        if day_start is None:
             day_start = (datetime.fromisoformat(self.cfg.start).timestamp()
                          if self.cfg.realtime else time.time())
+            self._save_day_start(day_start)
         mono0 = time.monotonic() + (day_start - time.time())
         T = self.cfg.slots
         with self._cond:
@@ -430,6 +433,27 @@ class Bridge:
             out = self._stats_locked()
         self._write_results()
         return out
+
+    def _day_file(self) -> Path | None:
+        return self.run_dir / "mqtt" / "day.json" if self.run_dir else None
+
+    def _resumed_day_start(self) -> float | None:
+        """The day a previous bridge of this run began: a restarted bridge goes on from the
+        slot the day is at, rather than playing it again from slot 0."""
+        f = self._day_file()
+        try:
+            return float(json.loads(f.read_text())["day_start"]) if f else None
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def _save_day_start(self, day_start: float) -> None:
+        f = self._day_file()
+        if f is None:
+            return
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"day_start": day_start}))
+        tmp.replace(f)
 
     def _enter_slot_locked(self, k: int) -> None:
         self._slot = k
@@ -473,7 +497,9 @@ class Bridge:
         out.mkdir(parents=True, exist_ok=True)
         with self._cond:
             d = {"stats": self._stats_locked(), "status": self._status_locked(),
-                 "commands": {aid: s.history for aid, s in self.acts.items()}}
+                 "commands": {aid: s.history for aid, s in self.acts.items()},
+                 "plans": {aid: None if s.plan is None else [bool(v) for v in s.plan]
+                           for aid, s in self.acts.items()}}
         (out / "bridge.json").write_text(json.dumps(d, indent=1))
 
     def run(self, finalize_timeout: float | None = None, linger: float | None = 0.0,

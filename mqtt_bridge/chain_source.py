@@ -30,7 +30,7 @@ class ChainSource:
         self.devices: dict[str, str] = lab["devices"]  # device id -> address
         self.from_block = int(lab.get("deploy_block", 0))
         self.config = config
-        self.coordinator = Coordinator(connect(load_nodes(run_dir)[node].http_url),
+        self.coordinator = Coordinator(connect(load_nodes(run_dir)[node].rpc_url),
                                        lab["contract"])
         self._final: tuple[dict, dict] | None = None  # cached once complete
         self._last_round = None  # the latest RoundClosed seen

@@ -15,7 +15,7 @@ from web3.exceptions import TransactionIndexingInProgress, TransactionNotFound
 
 from chain import genesis as gen
 from chain import keys
-from chain.geth import check_geth
+from chain.geth import GethError, check_geth
 from chain.network import Network, load_nodes, rpc, stop_run
 
 
@@ -94,8 +94,10 @@ def _listeners(port: int) -> set[str]:
 
 
 def _assert_not_exposed(net: Network) -> None:
-    """p2p on loopback only; RPC refuses a foreign Host or Origin (a web page's DNS
-    rebinding or cross-origin WebSocket); keys and datadirs private to the user."""
+    """p2p on loopback only; a signer (unlocked account) serves no HTTP/WS at all, only its
+    IPC socket in a folder of this user's; members serve HTTP/WS without admin, miner or
+    clique, and refuse a foreign Host or Origin (a web page's DNS rebinding or
+    cross-origin WebSocket); keys and datadirs private to the user."""
     import urllib.error
     import urllib.request
 
@@ -103,7 +105,21 @@ def _assert_not_exposed(net: Network) -> None:
 
     for name, info in net.nodes.items():
         assert _listeners(info.p2p_port) == {"0100007F"}, name  # 127.0.0.1 only
+        sock = Path(info.ipc)
+        assert sock.is_socket() and sock.parent.stat().st_mode & 0o777 == 0o700, name
+        assert rpc(info.rpc_url, "admin_peers") is not None  # IPC: every API, this user
         body = b'{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'
+        datadir = Path(info.datadir)
+        assert datadir.stat().st_mode & 0o777 == 0o700, name
+        for f in [datadir / "geth" / "nodekey", *datadir.glob("keystore/*")]:
+            assert f.stat().st_mode & 0o777 == 0o600, f
+        if info.role == "signer":
+            assert not _listeners(info.http_port) and not _listeners(info.ws_port), name
+            continue
+        for method in ("admin_peers", "admin_addPeer", "miner_start", "clique_getSigner",
+                       "personal_listAccounts"):
+            with pytest.raises(GethError, match="does not exist|not available"):
+                rpc(info.http_url, method)
         req = urllib.request.Request(info.http_url, body, {
             "Content-Type": "application/json", "Host": "evil.example"})
         with pytest.raises(urllib.error.HTTPError) as ei:
@@ -114,10 +130,6 @@ def _assert_not_exposed(net: Network) -> None:
         with wsc.connect(info.ws_url, open_timeout=10) as ws:  # a local client: allowed
             ws.send(body.decode())
             assert "result" in ws.recv(timeout=10)
-        datadir = Path(info.datadir)
-        assert datadir.stat().st_mode & 0o777 == 0o700, name
-        for f in [datadir / "geth" / "nodekey", *datadir.glob("keystore/*")]:
-            assert f.stat().st_mode & 0o777 == 0o600, f
 
 
 def test_network_one_signer_three_members(tmp_path):
@@ -131,11 +143,11 @@ def test_network_one_signer_three_members(tmp_path):
         # metadata for other processes
         meta = json.loads((tmp_path / "chain" / "network.json").read_text())
         assert {n["name"]: n["http_url"] for n in meta["nodes"]}["member1"] == \
-            net.http_url("member1")
+            net.nodes["member1"].http_url
         assert net.ws_url("member1").startswith("ws://127.0.0.1:")
         # peered, same head
         for m in net.members():
-            peers = {p["enode"].split("@")[0] for p in rpc(net.http_url(m), "admin_peers")}
+            peers = {p["enode"].split("@")[0] for p in rpc(net.rpc_url(m), "admin_peers")}
             assert net.nodes["signer0"].enode.split("@")[0] in peers
         heads = {net.w3(n).eth.get_block("latest")["hash"] for n in net.nodes}
         assert len(heads) == 1
@@ -186,7 +198,7 @@ def test_three_signers_survive_one_stopped(tmp_path):
         # the blocks after the stop are sealed by the two live signers only
         live = {net.nodes[s].signer_address for s in ("signer0", "signer1")}
         top = w3.eth.block_number
-        sealers = {rpc(net.http_url("signer0"), "clique_getSigner", [hex(b)])
+        sealers = {rpc(net.rpc_url("signer0"), "clique_getSigner", [hex(b)])
                    for b in range(stopped_at + 2, top + 1)}
         assert {to_checksum_address(a) for a in sealers} == live
     _assert_no_geth(pids)

@@ -311,8 +311,8 @@ def test_client_on_geth(request):
     )
 
     net, operator, accts = request.getfixturevalue("geth_chain")
-    signer_url = net.http_url(net.signers()[0])
-    member_url = net.http_url(net.members()[0])
+    signer_url = net.rpc_url(net.signers()[0])
+    member_url = net.rpc_url(net.members()[0])
     # deploy through the signer: a member node at genesis relays no transaction until it
     # has imported a block (geth only accepts/relays txs once it considers itself synced)
     coord = Coordinator.deploy(connect(signer_url), operator)

@@ -190,7 +190,7 @@ def test_meters_post_and_homes_settle_on_geth(geth_chain):  # noqa: F811
     from aggregator_contract.client import Coordinator, connect, send_tx
 
     net, operator, accts = geth_chain
-    w3 = connect(net.http_url(net.signers()[0]))
+    w3 = connect(net.rpc_url(net.signers()[0]))
     coord = Coordinator.deploy(w3, operator)
     homes, t = accts[:2], 8
     rng = np.random.default_rng(5)

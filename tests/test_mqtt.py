@@ -494,3 +494,22 @@ def test_realtime_starts_at_the_current_slot(tmp_path):
         events = host["home01/bulb"].events
         assert check_plan_followed(events, plan, day_start, slot_s, slot_s * 0.8,
                                    first_slot=1) == []
+
+
+@pytest.mark.parametrize("broker", ["mosquitto"], indirect=True)
+def test_restarted_bridge_resumes_the_day(broker, tmp_path):
+    """A bridge that finds the day its predecessor began (RUN/mqtt/day.json) goes on from
+    the slot the day is at: nothing of the past slots is commanded again."""
+    T, sps, past = 8, 1.0, 5
+    cfg, src = make_day("resume", T, sps)
+    (tmp_path / "mqtt").mkdir()
+    day_start = time.time() - past * sps
+    (tmp_path / "mqtt" / "day.json").write_text(json.dumps({"day_start": day_start}))
+    with EmulatorHost(ACTS, broker.url, tmp_path):
+        bridge = Bridge(cfg, src, broker.url, tmp_path, ack_timeout=5.0)
+        bridge.run(linger=0)
+    assert bridge.status()["day_start"] == day_start
+    report = json.loads((tmp_path / "results" / "bridge.json").read_text())
+    slots = [c["slot"] for cmds in report["commands"].values() for c in cmds]
+    assert slots and min(slots) >= past  # resumed, not replayed from slot 0
+    assert report["plans"] == {k: list(v) for k, v in plans_for(T).items()}
