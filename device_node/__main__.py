@@ -57,29 +57,42 @@ def run(run_dir: Path, node: str, device_ids: list[str], poll_s: float = 0.25) -
              wake.connected)
     try:
         while True:
-            cur = coord.current()
-            if cur is not None and cur.session == session:
-                # all of this process's devices send first, then wait: the round closes as
-                # soon as the last submission anywhere is mined
-                sent = [(a, r) for a in agents if (r := a.step(cur)) is not None]
-                for agent, res in sent:
-                    if agent.confirm(res):
-                        log.info("%s: round %d submitted (solve %.1f ms)", agent.spec.id,
-                                 res.round, 1e3 * res.solve_s)
-            elif coord.is_finalized(session):
-                if coord.is_ended(session):
-                    log.info("session %d was ended by the operator: nothing to publish",
-                             session)
-                    return 0
-                sent = [(a, tx) for a in agents for tx in a.publish_final(session)]
-                for agent, tx in sent:
-                    tx.receipt()
-                    log.info("%s: %s", agent.spec.id, tx.what)
-                log.info("session %d final", session)
+            try:
+                done = _tick(agents, coord, session)
+            except OSError as e:  # the node restarts (lab/orchestrator.py tend): wait for it
+                log.warning("node %s not answering (%s); retrying", node, e)
+                time.sleep(1.0)
+                continue
+            if done:
                 return 0
             wake.wait(poll_s)
     finally:
         wake.stop()
+
+
+def _tick(agents: list[DeviceAgent], coord: Coordinator, session: int) -> bool:
+    """One look at the chain: submit to an open round, or publish once final. True when
+    this process is done."""
+    cur = coord.current()
+    if cur is not None and cur.session == session:
+        # all of this process's devices send first, then wait: the round closes as soon as
+        # the last submission anywhere is mined
+        sent = [(a, r) for a in agents if (r := a.step(cur)) is not None]
+        for agent, res in sent:
+            if agent.confirm(res):
+                log.info("%s: round %d submitted (solve %.1f ms)", agent.spec.id,
+                         res.round, 1e3 * res.solve_s)
+    elif coord.is_finalized(session):
+        if coord.is_ended(session):
+            log.info("session %d was ended by the operator: nothing to publish", session)
+            return True
+        sent = [(a, tx) for a in agents for tx in a.publish_final(session)]
+        for agent, tx in sent:
+            tx.receipt()
+            log.info("%s: %s", agent.spec.id, tx.what)
+        log.info("session %d final", session)
+        return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

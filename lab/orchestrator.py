@@ -322,7 +322,7 @@ class Lab:
         if not isinstance(net, Network) or now < getattr(self, "_lag_next", 0.0):
             return
         self._lag_next = now + LAG_CHECK_S
-        behind: dict[str, float] = getattr(self, "_behind", {})
+        behind: dict[str, tuple[float, int]] = getattr(self, "_behind", {})
         self._behind = behind
         try:
             top = int(rpc(net.rpc_url(net.signers()[0]), "eth_blockNumber", timeout=2), 16)
@@ -333,13 +333,15 @@ class Lab:
                 head = int(rpc(net.rpc_url(name), "eth_blockNumber", timeout=2), 16)
             except (OSError, GethError):
                 continue
-            if head >= top:
-                behind.pop(name, None)
+            # stuck: still short of the head the signer had when the lag was first seen
+            # (a member a block or two behind a chain that keeps moving is not)
+            since, target = behind.setdefault(name, (now, top))
+            if head >= target:
+                behind.pop(name)
                 continue
-            since = behind.setdefault(name, now)
             if now - since >= LAG_RESTART_S:
-                self.say(f"geth node {name} stuck at block {head} (head {top}) for "
-                         f"{now - since:.0f} s; restarting it")
+                self.say(f"geth node {name} stuck at block {head} (the signer had {target} "
+                         f"{now - since:.0f} s ago); restarting it")
                 behind.pop(name)
                 try:
                     net.restart_node(name, timeout=30)
