@@ -14,6 +14,9 @@
    planned state. After a lost connection to the broker the bridge reconnects, republishes
    its retained topics and re-sends every actuator its current planned state, so no command
    due after a broker restart is lost. Malformed payloads are logged and ignored.
+   Every time the day runs on (slots, ack deadlines, latencies, status pacing) is read from
+   the bridge's `clock` (mqtt_bridge/clock.py): the system clock, or in tests a
+   ManualClock moved slot by slot.
 4. Publishes the final status with its statistics, among them the command-to-acknowledgment
    latency (from the publish of the attempt that got acknowledged to the arrival of the
    matching state report, p50/p99 in ms), and writes them to `<run_dir>/results/bridge.json`.
