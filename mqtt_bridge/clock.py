@@ -36,7 +36,7 @@ class ManualClock:
 
     def __init__(self, epoch: float = 1_750_000_000.0) -> None:
         self._epoch = epoch
-        self._t = 1000.0   # monotonic reading; well past 0 so "long ago" tests hold at once
+        self._t = 1000.0   # monotonic; well past 0, which the bridge reads as "long ago"
         self._lock = threading.Lock()
 
     def time(self) -> float:
