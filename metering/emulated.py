@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mqtt_bridge.clock import SYSTEM, Clock
 from mqtt_bridge.config import Actuator
 
 # $/kW per slot of mismatch: above any component's own marginal cost, and low enough to keep
@@ -55,8 +55,9 @@ class RelayRecorder:
     meter process restarted mid-day keeps the morning."""
 
     def __init__(self, actuators: Iterable[Actuator], url: str,
-                 journal: Path | None = None) -> None:
+                 journal: Path | None = None, clock: Clock = SYSTEM) -> None:
         self.acts = [a for a in actuators if not a.real]
+        self.clock = clock  # stamps the reports (a test's ManualClock: its slot)
         self.url = url
         self.changes: dict[str, list[tuple[float, bool]]] = {a.id: [] for a in self.acts}
         self.journal = journal
@@ -82,7 +83,7 @@ class RelayRecorder:
                                         self._on_message, timeout)
 
     def _on_message(self, client, userdata, msg) -> None:  # noqa: ARG002
-        now = time.time()
+        now = self.clock.time()
         from conventions import MalformedPayload
 
         for a in self._by_topic.get(msg.topic, []):

@@ -14,6 +14,9 @@
    planned state. After a lost connection to the broker the bridge reconnects, republishes
    its retained topics and re-sends every actuator its current planned state, so no command
    due after a broker restart is lost. Malformed payloads are logged and ignored.
+   Every time the day runs on (slots, ack deadlines, latencies, status pacing) is read from
+   the bridge's `clock` (mqtt_bridge/clock.py): the system clock, or in tests a
+   ManualClock moved slot by slot.
 4. Publishes the final status with its statistics, among them the command-to-acknowledgment
    latency (from the publish of the attempt that got acknowledged to the arrival of the
    matching state report, p50/p99 in ms), and writes them to `<run_dir>/results/bridge.json`.
@@ -42,6 +45,7 @@ import paho.mqtt.client as mqtt
 
 from mqtt_bridge import topics as tp
 from mqtt_bridge.broker import parse_url
+from mqtt_bridge.clock import SYSTEM, Clock
 from mqtt_bridge.config import Actuator, BridgeConfig
 from mqtt_bridge.mqttc import make_client, resolve_url
 from mqtt_bridge.plan import pack_plan
@@ -59,7 +63,7 @@ class ActuatorState:
     online: bool | None = None      # from LWT / availability; None = not heard yet
     pending: bool = False           # a command awaits its acknowledgment
     attempts: int = 0               # attempts of the current command
-    sent_at: float = 0.0            # time.monotonic() of the last attempt
+    sent_at: float = 0.0            # clock.monotonic() of the last attempt
     deadline: float = math.inf
     state: str = "unknown"          # ok | pending | offline | disagree | unacknowledged | no_plan
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -73,8 +77,12 @@ class Bridge:
 
     def __init__(self, config: BridgeConfig, source: ScheduleSource, url: str,
                  run_dir: Path | None = None, *, ack_timeout: float = 1.0,
-                 max_attempts: int = 3, poll_interval: float = 0.5) -> None:
+                 max_attempts: int = 3, poll_interval: float = 0.5,
+                 clock: Clock = SYSTEM) -> None:
         self.cfg = config
+        # the day's clock: slots, ack deadlines, latencies and status pacing; tests pass a
+        # ManualClock and move it slot by slot (waiting for the source stays on real time)
+        self.clock = clock
         self.source = source
         self.host, self.port = parse_url(url)
         self.run_dir = Path(run_dir) if run_dir else None
@@ -136,6 +144,11 @@ class Bridge:
         with self._cond:
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Have `play` read the clock again now (after a test moved its ManualClock)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any = None) -> None:
         if rc.is_failure:
@@ -191,7 +204,7 @@ class Bridge:
             log.exception("error handling a message on %s; ignored", msg.topic)
 
     def _on_state(self, s: ActuatorState, on: bool) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self._cond:
             s.reported = on
             if s.online is None:
@@ -250,13 +263,13 @@ class Bridge:
         topic, payload = tp.command(s.act, bool(s.desired))
         self.client.publish(topic, payload, qos=tp.QOS)
         s.attempts += 1
-        s.sent_at = time.monotonic()
+        s.sent_at = self.clock.monotonic()
         s.deadline = s.sent_at + self.ack_timeout
         self.counts["commands"] += 1
         if s.attempts > 1:
             self.counts["retries"] += 1
         s.history.append({"slot": self._slot, "state": tp.ON if s.desired else tp.OFF,
-                          "t": time.time(), "attempt": s.attempts, "reason": reason})
+                          "t": self.clock.time(), "attempt": s.attempts, "reason": reason})
 
     def _check_deadlines_locked(self, now: float) -> None:
         for s in self.acts.values():
@@ -331,12 +344,12 @@ class Bridge:
                 "disagree": sorted(a for a, s in self.acts.items()
                                    if s.state in ("disagree", "unacknowledged")),
                 "actuators": acts, "stats": self._stats_locked(),
-                "updated": time.time()}
+                "updated": self.clock.time()}
 
     def _publish_status_locked(self) -> None:
         self._pub(tp.lab_status(self.cfg.run), tp.dumps(self._status_locked()))
         self._dirty = False
-        self._last_status = time.monotonic()
+        self._last_status = self.clock.monotonic()
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
@@ -403,15 +416,15 @@ class Bridge:
             day_start = self._resumed_day_start()
         if day_start is None:
             day_start = (datetime.fromisoformat(self.cfg.start).timestamp()
-                         if self.cfg.realtime else time.time())
+                         if self.cfg.realtime else self.clock.time())
             self._save_day_start(day_start)
-        mono0 = time.monotonic() + (day_start - time.time())
+        mono0 = self.clock.monotonic() + (day_start - self.clock.time())
         T = self.cfg.slots
         with self._cond:
             self._day_start, self._phase, self._playing = day_start, "playing", True
             self._dirty = True
         while not self._stop.is_set():
-            now = time.monotonic()
+            now = self.clock.monotonic()
             k = math.floor((now - mono0) / sps)
             if k >= T:
                 break
@@ -424,7 +437,7 @@ class Bridge:
                 nxt = min([mono0 + (max(k, -1) + 1) * sps] +
                           [s.deadline for s in self.acts.values()] +
                           ([self._last_status + self.STATUS_EVERY] if self._dirty else []))
-                self._cond.wait(max(0.0, min(nxt - time.monotonic(), 0.5)))
+                self._cond.wait(max(0.0, min(nxt - self.clock.monotonic(), 0.5)))
         if settle:
             self._settle()
         with self._cond:
@@ -468,10 +481,10 @@ class Bridge:
 
     def _settle(self) -> None:
         """After the last slot: let pending commands finish their attempts."""
-        limit = time.monotonic() + self.ack_timeout * (self.max_attempts + 1)
-        while not self._stop.is_set() and time.monotonic() < limit:
+        limit = self.clock.monotonic() + self.ack_timeout * (self.max_attempts + 1)
+        while not self._stop.is_set() and self.clock.monotonic() < limit:
             with self._cond:
-                self._check_deadlines_locked(time.monotonic())
+                self._check_deadlines_locked(self.clock.monotonic())
                 if not any(s.pending for s in self.acts.values()):
                     return
                 self._cond.wait(0.05)
@@ -479,10 +492,10 @@ class Bridge:
     def linger(self, seconds: float | None) -> None:
         """Keep serving after the day for `seconds` (None: until stop()): devices coming back
         online get their final state, with the same acknowledgment checks."""
-        end = math.inf if seconds is None else time.monotonic() + seconds
-        while not self._stop.is_set() and time.monotonic() < end:
+        end = math.inf if seconds is None else self.clock.monotonic() + seconds
+        while not self._stop.is_set() and self.clock.monotonic() < end:
             with self._cond:
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 self._check_deadlines_locked(now)
                 if self._dirty and now - self._last_status >= self.STATUS_EVERY:
                     self._publish_status_locked()

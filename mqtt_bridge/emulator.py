@@ -25,7 +25,6 @@ import logging
 import signal
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -36,6 +35,7 @@ import paho.mqtt.client as mqtt
 from conventions import MalformedPayload, Message
 from mqtt_bridge.auth import emulator_urls
 from mqtt_bridge.broker import parse_url
+from mqtt_bridge.clock import SYSTEM, Clock
 from mqtt_bridge.config import Actuator, BridgeConfig
 from mqtt_bridge.mqttc import make_client, resolve_url
 
@@ -52,8 +52,9 @@ class Emulator:
 
     def __init__(self, act: Actuator, url: str, initial: bool = False,
                  record: Callable[[dict[str, Any]], None] | None = None,
-                 keepalive: int = 5) -> None:
+                 keepalive: int = 5, clock: Clock = SYSTEM) -> None:
         self.act = act
+        self.clock = clock            # stamps the events (a test's ManualClock: its slot)
         self.url = url
         self.host, self.port = parse_url(url)
         self.state = bool(initial)
@@ -160,7 +161,7 @@ class Emulator:
         self._publish_state(client)
 
     def _event(self, kind: str, topic: str, payload: str) -> None:
-        ev = {"t": time.time(), "actuator": self.act.id, "protocol": self.act.protocol,
+        ev = {"t": self.clock.time(), "actuator": self.act.id, "protocol": self.act.protocol,
               "address": self.act.address, "event": kind, "topic": topic,
               "payload": payload, "state": self.state}
         with self._lock:
@@ -177,10 +178,11 @@ class EmulatorHost:
     """Many emulators in one process, recording to `<run_dir>/emulators.jsonl`."""
 
     def __init__(self, actuators: Iterable[Actuator], url: str,
-                 run_dir: Path | None = None) -> None:
+                 run_dir: Path | None = None, clock: Clock = SYSTEM) -> None:
         # each device its own credentials when the lab's broker has them (mqtt_bridge.auth)
         self._urls = emulator_urls(run_dir)
-        self.emulators = {a.id: Emulator(a, self._urls.get(a.id, url), record=self._write)
+        self.emulators = {a.id: Emulator(a, self._urls.get(a.id, url), record=self._write,
+                                         clock=clock)
                           for a in actuators if not a.real}
         self.url = url
         # one emulated gateway (Zigbee2MQTT's bridge) per distinct gateway topic

@@ -72,19 +72,23 @@ def start_subscriber(client_id: str, url: str, topics: Sequence[str],
                      on_message: Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None],
                      timeout: float = 10.0) -> mqtt.Client:
     """A client that subscribes to `topics` (QoS 1) on every (re)connect, started; returns
-    once its first connection is up (TimeoutError otherwise). Stop it with disconnect()
-    and loop_stop()."""
+    once its first subscription is acknowledged, so nothing published after the return is
+    missed (TimeoutError otherwise). Stop it with disconnect() and loop_stop()."""
     host, port = parse_url(url)
     c = make_client(client_id, url)
     up = threading.Event()
 
     def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                    props: Any = None) -> None:
-        if not rc.is_failure:
+        if rc.is_failure:
+            return
+        if topics:
             client.subscribe([(t, 1) for t in topics])
+        else:
             up.set()
 
     c.on_connect = on_connect
+    c.on_subscribe = lambda *_: up.set()
     c.on_message = on_message
     c.connect_async(host, port, keepalive=5)
     c.loop_start()

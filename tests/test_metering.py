@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from contract_fixtures import BoxQuadratic, geth_chain, make_account, tou_feeder  # noqa: F401
+from playback import DrivenDay
 
 import conventions
 from aggregator_contract import billing as bl
@@ -106,10 +107,12 @@ def test_deviation_errors_name_the_field():
 
 def test_relays_recorded_from_the_devices_own_reports(tmp_path: Path):
     """Through a real broker with the run's credentials: the meter (its read-only user)
-    follows what the emulated devices report while the bridge plays their plans."""
+    follows what the emulated devices report while the bridge plays their plans, slot by
+    slot on a ManualClock (tests/playback.py): each report is stamped in its slot."""
     from mqtt_bridge.auth import plan_users, role_url
     from mqtt_bridge.bridge import Bridge
     from mqtt_bridge.broker import MqttBroker, find_mosquitto
+    from mqtt_bridge.clock import ManualClock
     from mqtt_bridge.config import Actuator, BridgeConfig
     from mqtt_bridge.emulator import EmulatorHost
     from mqtt_bridge.source import StaticSource
@@ -120,20 +123,34 @@ def test_relays_recorded_from_the_devices_own_reports(tmp_path: Path):
                                                           "topic": "h1_bulb"}), 0.06),
             Actuator("h2", "plug", conventions.from_dict({"protocol": "shelly",
                                                           "device": "shellyplus1-h2"}), 1.0)]
-    T, sps = 4, 2.0  # half a slot (1 s) of margin for each command's latency
+    T, sps = 4, 2.0
+    clock = ManualClock()
     plans = {"h1/bulb": [True, False, True, True], "h2/plug": [False, True, True, False]}
     cfg = BridgeConfig(run="meter", slots=T, slot_minutes=15, seconds_per_slot=sps,
                        actuators=acts)
     broker = MqttBroker(tmp_path, kind="mosquitto", users=plan_users(cfg))
     with broker:
-        rec = RelayRecorder(acts, role_url(tmp_path, "meter"))
-        rec.start()
+        rec = RelayRecorder(acts, role_url(tmp_path, "meter"), clock=clock)
+        rec.start()  # returns subscribed: it sees every report from here on
         try:
-            with EmulatorHost(acts, broker.url, tmp_path):
+            with EmulatorHost(acts, broker.url, tmp_path, clock=clock) as host:
                 bridge = Bridge(cfg, StaticSource({"h1": np.zeros(T), "h2": np.zeros(T)},
                                                   plans),
-                                role_url(tmp_path, "bridge"), tmp_path, ack_timeout=2.0)
-                bridge.run(linger=0)
+                                role_url(tmp_path, "bridge"), tmp_path, ack_timeout=2.0,
+                                clock=clock)
+                # the next slot only once the meter has every report the devices sent: one
+                # state publication (of `per` reports) on connect and after each command
+                per = {a.id: sum(a.convention.parse_report(m.topic, m.payload.encode()).state
+                                 is not None for m in a.convention.state_messages(True)
+                                 if m.topic in a.convention.report_topics()) for a in acts}
+
+                def metered() -> bool:
+                    return all(len(rec.changes[a.id]) == per[a.id] * sum(
+                        e["event"] in ("online", "command") for e in host[a.id].events)
+                        for a in acts)
+
+                DrivenDay(bridge, clock, target=lambda: bridge.run(linger=0),
+                          settled=metered).start().finish()
                 st = bridge.status()
         finally:
             rec.stop()

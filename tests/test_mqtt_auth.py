@@ -49,6 +49,14 @@ def _connect(url: str, timeout: float = 10.0) -> tuple[mqtt.Client, object]:
     return c, result[0]
 
 
+def _subscribe(c: mqtt.Client, topic: str, timeout: float = 10.0) -> None:
+    """Subscribe and wait for the broker's SUBACK (a refused topic is acknowledged too)."""
+    acked = threading.Event()
+    c.on_subscribe = lambda *_: acked.set()
+    c.subscribe(topic, 1)
+    assert acked.wait(timeout), f"no SUBACK for {topic}"
+
+
 class Observer:
     """Everything the broker delivers on '#', as the observer user sees it."""
 
@@ -59,7 +67,7 @@ class Observer:
         self.client, rc = _connect(url)
         assert not rc.is_failure
         self.client.on_message = self._on
-        self.client.subscribe("#", 1)
+        _subscribe(self.client, "#")  # before anything is published: it misses nothing
 
     def _on(self, c, userdata, msg) -> None:
         with self.cond:
@@ -129,7 +137,7 @@ def test_a_device_reaches_only_its_own_topics(broker):
     # nor can it read another device's commands
     got: list[str] = []
     emu_bulb.on_message = lambda c, u, m: got.append(m.topic)
-    emu_bulb.subscribe(lamp.command(True).topic, 1)
+    _subscribe(emu_bulb, lamp.command(True).topic)  # in force before the bridge publishes
     bridge, _ = _connect(role_url(broker.dir.parent, "bridge"))
     bridge.publish(lamp.command(True).topic, lamp.command(True).payload, qos=1)
     bridge.publish(bulb.command(True).topic, "ON", qos=1).wait_for_publish(5)
