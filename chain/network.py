@@ -14,9 +14,9 @@ member reaches a signer in one hop, a block reaches every member in one hop) and
 two ring neighbours among the members (so blocks are relayed whole; see _link). Node keys are
 generated here, so enodes are known before any node starts and go into each node's
 --config TOML: all neighbours as TrustedNodes (no peer limit refuses them), the signers as
-StaticNodes (dialed). Signers are told to dial members by admin_addPeer (over IPC) once the members
-run, because geth retries a failed dial only after 35 s. A restarted member dials a signer
-itself at once; the other signers come back within those 35 s.
+StaticNodes (dialed). Signers are told to dial members by admin_addPeer (over IPC) once the
+members run, because geth retries a failed dial only after 35 s. A restarted member dials a
+signer itself at once; the other signers come back within those 35 s.
 
 Block propagation (measured, 1 signer + 10 members, period 0): geth sends a new block in
 full to sqrt(peers) of the signer's peers and only announces it to the others, which fetch
