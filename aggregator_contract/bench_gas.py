@@ -67,7 +67,7 @@ def run(slots: int, devices: int, rounds: int) -> dict:
                             fund=[operator.address, *(a.address for a in accts),
                                   *(m.address for m in meters)])
         try:
-            w3 = connect(net.rpc_url(net.signers()[0]))
+            w3 = connect(net.rpc_url(net.rpc_node()))
             coord = Coordinator.deploy(w3, operator)
             register = sum(int(r["gasUsed"]) for r in coord.register_devices(
                 [(a.address, -10.0, 10.0) for a in accts]))

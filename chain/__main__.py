@@ -23,17 +23,19 @@ from web3.exceptions import TransactionIndexingInProgress, TransactionNotFound
 
 from chain import genesis as gen
 from chain import keys
+from chain.geth import GethError
 from chain.network import Network, load_nodes, rpc, stop_run
 
 
 def status(run_dir: str) -> int:
     for n in load_nodes(run_dir).values():
-        row = {"name": n.name, "role": n.role, "pid": n.pid, "http": n.http_url,
-               "ws": n.ws_url}
+        web = n.role != "signer"  # a signer serves no HTTP/WS
+        row = {"name": n.name, "role": n.role, "pid": n.pid,
+               "http": n.http_url if web else None, "ws": n.ws_url if web else None}
         try:
             row["head"] = int(rpc(n.rpc_url, "eth_blockNumber", timeout=2), 16)
             row["peers"] = int(rpc(n.rpc_url, "net_peerCount", timeout=2), 16)
-        except OSError:
+        except (OSError, GethError):  # down, or a signer in a container (no RPC here)
             row["head"] = None
         print(json.dumps(row))
     return 0

@@ -67,12 +67,12 @@ class NodeSpec:
     password_file: Path | None = None  # for --unlock of the signer's keystore
     maxpeers: int = 50
     addr: str = "127.0.0.1"  # listen address of HTTP/WS (0.0.0.0 in containers)
-    # False: the signer waits for `miner_start` over RPC (several signers start sealing
+    # False: the signer waits for `miner_start` over IPC (several signers start sealing
     # only once peered; otherwise each seals its own block 1 and they fork at once).
     mine: bool = True
-    # the IPC socket (a short path: unix sockets are limited to ~108 bytes). With it, admin,
-    # miner and clique are served over IPC only, and a signer serves no HTTP/WS at all: its
-    # unlocked account is reachable only by processes of the user who runs the lab.
+    # the IPC socket (a short path: unix sockets are limited to ~108 bytes), the only way to
+    # admin (peers), miner (start sealing) and clique (who sealed a block), and the only
+    # RPC of a signer: its account is unlocked, so it serves no HTTP/WS at all.
     ipc_path: Path | None = None
 
 
@@ -85,14 +85,11 @@ def init_command(geth: Path, datadir: Path, genesis: Path) -> list[str]:
 def node_command(geth: Path, spec: NodeSpec, network_id: int = CHAIN_ID,
                  verbosity: int = 2) -> list[str]:
     """The ``geth`` argv for one node."""
-    ipc = spec.ipc_path is not None
-    # With IPC, HTTP/WS serve reads and raw transactions only; admin (peers), miner (start
-    # sealing) and clique (who sealed a block) go over the socket. Without it (containers),
-    # they are on HTTP, on loopback only.
+    # HTTP/WS serve reads and raw transactions (signed by the lab's processes with their own
+    # keys) and nothing else; a signer (unlocked account) serves neither, so geth needs no
+    # --allow-insecure-unlock. admin, miner and clique exist over IPC only.
+    web = spec.signer is None
     apis = "eth,net,web3,txpool"
-    if not ipc and spec.addr in _LOOPBACK:
-        apis += ",admin,clique" + (",miner" if spec.signer else "")
-    web = not (ipc and spec.signer)  # an unlocked signer serves no HTTP/WS when it has IPC
     cmd = [
         str(geth),
         "--datadir", str(spec.datadir),
@@ -114,7 +111,7 @@ def node_command(geth: Path, spec: NodeSpec, network_id: int = CHAIN_ID,
            "--ws", "--ws.addr", spec.addr, "--ws.port", str(spec.ws_port),
            "--ws.api", apis, "--ws.origins", "localhost,127.0.0.1"] if web else []),
         "--authrpc.addr", "127.0.0.1", "--authrpc.port", str(spec.authrpc_port),
-        *(["--ipcpath", str(spec.ipc_path)] if ipc else ["--ipcdisable"]),
+        *(["--ipcpath", str(spec.ipc_path)] if spec.ipc_path else ["--ipcdisable"]),
         "--miner.gasprice", str(MIN_TIP_WEI),
         "--txpool.pricelimit", str(MIN_TIP_WEI),
         "--rpc.txfeecap", "0",  # no cap on fee per tx (huge round-closing txs are fine)
@@ -133,8 +130,6 @@ def node_command(geth: Path, spec: NodeSpec, network_id: int = CHAIN_ID,
         cmd += (["--mine"] if spec.mine else []) + [
             "--miner.etherbase", spec.signer, "--miner.gaslimit", str(GAS_LIMIT),
             "--unlock", spec.signer, "--password", str(spec.password_file),
-            # containers only (no IPC path): geth refuses --unlock beside HTTP otherwise
-            *(["--allow-insecure-unlock"] if web else []),
         ]
     return cmd
 

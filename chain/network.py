@@ -14,9 +14,9 @@ member reaches a signer in one hop, a block reaches every member in one hop) and
 two ring neighbours among the members (so blocks are relayed whole; see _link). Node keys are
 generated here, so enodes are known before any node starts and go into each node's
 --config TOML: all neighbours as TrustedNodes (no peer limit refuses them), the signers as
-StaticNodes (dialed). Signers are told to dial members by admin_addPeer once the members
-run, because geth retries a failed dial only after 35 s. A restarted member dials a signer
-itself at once; the other signers come back within those 35 s.
+StaticNodes (dialed). Signers are told to dial members by admin_addPeer (over IPC) once the
+members run, because geth retries a failed dial only after 35 s. A restarted member dials a
+signer itself at once; the other signers come back within those 35 s.
 
 Block propagation (measured, 1 signer + 10 members, period 0): geth sends a new block in
 full to sqrt(peers) of the signer's peers and only announces it to the others, which fetch
@@ -58,6 +58,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import psutil
 from eth_keys import keys as eth_keys
@@ -96,18 +97,23 @@ class NodeInfo:
     log: str = ""
     neighbours: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"  # the address other nodes dial (the enode's host)
-    ipc: str = ""  # the node's IPC socket (local runtime); "" in containers
+    ipc: str = ""  # the node's IPC socket on this machine (local runtime); "" in containers
 
     @property
     def http_url(self) -> str:
-        """HTTP (members only when the node has IPC: a signer then serves no HTTP)."""
+        """HTTP (members only: a signer serves no HTTP/WS)."""
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def rpc_url(self) -> str:
-        """Where the lab's own processes talk to the node: its IPC socket (every API, for
-        this user only) when it has one, else HTTP."""
-        return f"ipc://{self.ipc}" if self.ipc else self.http_url
+        """Where a process of the lab talks to the node: its IPC socket (every API, for this
+        user only) when it has one here, else HTTP. A signer in a container has neither."""
+        if self.ipc:
+            return f"ipc://{self.ipc}"
+        if self.role == SIGNER:
+            raise GethError(f"node {self.name}: a signer serves no HTTP and its IPC socket "
+                            "is inside its container; read through the lab's RPC node")
+        return self.http_url
 
     @property
     def ws_url(self) -> str:
@@ -136,6 +142,13 @@ def load_nodes(run_dir: str | Path) -> dict[str, NodeInfo]:
     known = {f.name for f in fields(NodeInfo)}
     return {n["name"]: NodeInfo(**{k: v for k, v in n.items() if k in known})
             for n in data["nodes"]}
+
+
+def rpc_node_of(run_dir: str | Path) -> NodeInfo:
+    """The node the lab's processes talk to (network.json's rpc_node, see Network.create)."""
+    nodes = load_nodes(run_dir)
+    name = json.loads(network_file(run_dir).read_text()).get("rpc_node")
+    return nodes[name] if name else next(n for n in nodes.values() if n.role == SIGNER)
 
 
 def rpc(url: str, method: str, params: list | None = None, timeout: float = 10.0):
@@ -319,6 +332,7 @@ class Network:
         extra: dict | None = None,
         die_with_parent: bool = True,
         ipc: bool = False,
+        rpc_node: str | None = None,
     ) -> Network:
         """Write a new network's files and start nothing: signer keys, genesis, node keys,
         peer configs (config.toml) and chain/network.json. Both runtimes use it.
@@ -328,8 +342,10 @@ class Network:
         them (recorded in network.json; the files are always written under
         run_dir/chain/nodes). dial_members: members also dial their ring neighbours (for
         nodes that cannot be told to by admin_addPeer, e.g. in containers). extra: more
-        top-level keys of network.json. ipc: every node gets an IPC socket (ipc_dir) and
-        signers serve no HTTP/WS (local runtime)."""
+        top-level keys of network.json. ipc: every node gets an IPC socket here (ipc_dir;
+        local runtime). Signers never serve HTTP/WS. rpc_node: the node the lab's processes
+        talk to (deploy, rounds, bridge, meters, live page; Network.rpc_node), by default
+        the first signer, over its IPC socket."""
         run_dir = Path(run_dir).resolve()
         signer_names, member_names = _names(members, signers)
         gen.validate_signers(signers, period)
@@ -374,6 +390,7 @@ class Network:
             (chain_dir / "nodes" / n.name / "config.toml").write_text(
                 static_nodes_toml(static, trusted, dial_ratio=1 if n.role == MEMBER else 0,
                                   listen=f"{n.host}:{n.p2p_port}"))
+        extra = {"rpc_node": rpc_node or signer_names[0], **(extra or {})}
         net = cls(run_dir, nodes, period, die_with_parent, extra)
         net._save()
         return net
@@ -420,8 +437,8 @@ class Network:
         data = {"chain_id": gen.CHAIN_ID, "period": self.period, **self.extra,
                 "nodes": [asdict(n) for n in self.nodes.values()]}
         for d, n in zip(data["nodes"], self.nodes.values(), strict=True):
-            web = not (n.ipc and n.role == SIGNER)
-            # for non-Python readers: a signer with IPC serves no HTTP/WS
+            # for non-Python readers: a signer serves no HTTP/WS
+            web = n.role != SIGNER
             d["http_url"], d["ws_url"] = (n.http_url, n.ws_url) if web else (None, None)
         path = network_file(self.run_dir)
         tmp = path.with_suffix(".tmp")
@@ -530,7 +547,8 @@ class Network:
         ref = next((n for n in self.signers() if self.pid(n)), None)
         if ref is None:
             raise GethError("no signer node is running: the chain cannot make blocks")
-        advance_head(self.nodes[ref].rpc_url, keys.signer_path(self.run_dir, ref),
+        advance_head(functools.partial(rpc, self.nodes[ref].rpc_url),
+                     keys.signer_path(self.run_dir, ref),
                      self.period, timeout, f"{ref} (log {self.nodes[ref].log})")
 
     def _start_signers(self, names: Sequence[str], timeout: float) -> None:
@@ -624,6 +642,11 @@ class Network:
     def members(self) -> list[str]:
         return [n for n, i in self.nodes.items() if i.role == MEMBER]
 
+    def rpc_node(self) -> str:
+        """The node the lab's processes read the chain through and send transactions to
+        (Network.create's rpc_node; the first signer on a network of an older run)."""
+        return self.extra.get("rpc_node") or self.signers()[0]
+
     def rpc_url(self, name: str) -> str:
         """Where the lab talks to node `name` (its IPC socket here; NodeInfo.rpc_url)."""
         return self.nodes[name].rpc_url
@@ -689,22 +712,23 @@ def max_peers(info: NodeInfo, n_nodes: int) -> int:
     return max(1, len(info.neighbours))
 
 
-def advance_head(url: str, signer_key: Path, period: int, timeout: float,
+def advance_head(call: Callable[..., Any], signer_key: Path, period: int, timeout: float,
                  label: str = "signer") -> None:
-    """Wait for one new block on the signer node at url; with period 0, cause it by a
-    zero-value self-transfer of the signer (signed here with its key file: geth may not
-    have unlocked the key yet). Members started after this sync in their handshake."""
-    start = int(rpc(url, "eth_blockNumber"), 16)
+    """Wait for one new block on a signer node, reached by call(method, params) (e.g.
+    functools.partial(rpc, url)); with period 0, cause it by a zero-value self-transfer of
+    the signer (signed here with its key file: geth may not have unlocked the key yet).
+    Members started after this sync in their handshake."""
+    start = int(call("eth_blockNumber"), 16)
     if period == 0:
         acct = keys.load_account(signer_key)
-        base = int(rpc(url, "eth_getBlockByNumber", ["latest", False])["baseFeePerGas"], 16)
-        nonce = int(rpc(url, "eth_getTransactionCount", [acct.address, "pending"]), 16)
+        base = int(call("eth_getBlockByNumber", ["latest", False])["baseFeePerGas"], 16)
+        nonce = int(call("eth_getTransactionCount", [acct.address, "pending"]), 16)
         tx = {"to": acct.address, "value": 0, "gas": 21000, "nonce": nonce, "type": 2,
               "chainId": gen.CHAIN_ID, **gen.tx_fees(base)}
         raw = acct.sign_transaction(tx).raw_transaction
-        rpc(url, "eth_sendRawTransaction", ["0x" + bytes(raw).hex()])
+        call("eth_sendRawTransaction", ["0x" + bytes(raw).hex()])
     deadline = time.monotonic() + timeout
-    while int(rpc(url, "eth_blockNumber"), 16) <= start:
+    while int(call("eth_blockNumber"), 16) <= start:
         if time.monotonic() > deadline:
             raise GethError(f"{label} made no block within {timeout:.0f} s")
         time.sleep(0.05)

@@ -11,16 +11,21 @@ The chain's files come from chain.network.Network.create, the local runtime's co
 nodes' addresses on the compose network (one private bridge network with fixed addresses, so
 every enode is known before any container starts). Services:
 
-    signer0..    geth image; its datadir and keystore password; RPC/WS published on
-                 127.0.0.1 only (the orchestrator deploys and follows rounds through it, and
-                 the MQTT bridge reads the day from it)
+    signer0..    geth image; its datadir and keystore password; no HTTP/WS at all (its
+                 account is unlocked) and no published port: its only RPC is an IPC socket
+                 inside its container (SIGNER_IPC), which the orchestrator reaches by
+                 `compose exec ... geth attach` (signer_rpc) to start the chain
     node-<dev>   device image, `python -m lab.container_entry`: its geth node + the device
                  process (`python -m device_node`, the local runtime's entry); mounts its
-                 datadir, its devices' payloads and keys and nothing else; no published port
+                 datadir, its devices' payloads and keys and nothing else. HTTP/WS serve
+                 eth,net,web3,txpool only; the first one is the lab's RPC node
+                 (Network.rpc_node): its HTTP/WS alone are published, on 127.0.0.1 (the
+                 orchestrator deploys and follows rounds through it, the bridge, the meters
+                 and the live page read the day from it); the others publish nothing
 
 The MQTT side (broker, emulators, bridge) stays local processes in both runtimes
-(Lab.start_mqtt): the bridge reads the chain through signer0's published loopback RPC, so
-its output is the same as in the local runtime.
+(Lab.start_mqtt): the bridge reads the chain through the RPC node's published loopback RPC,
+so its output is the same as in the local runtime.
 
 Start order, as in chain/network.py: signers, one new block (a non-mining geth only syncs
 from a peer ahead of it and discards propagated blocks until it has synced once), then the
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
@@ -55,7 +61,7 @@ from typing import Any
 import yaml
 
 from chain import keys
-from chain.geth import NodeSpec, init_command, node_command
+from chain.geth import GethError, NodeSpec, init_command, node_command
 from chain.network import MEMBER, SIGNER, Network, NodeInfo, advance_head, max_peers, rpc
 from chain.processes import terminate
 
@@ -63,6 +69,9 @@ LABEL = "energy-chain-lab.run"
 IN = Path("/lab")  # the run folder's path inside containers
 SUBNET_POOL = ipaddress.ip_network("10.213.0.0/16")
 FIRST_HOST = 10  # .1 is the gateway; leave room
+# a signer's IPC socket, in its container's own /tmp (not a bind mount: unix sockets on a
+# mounted folder do not work on every engine)
+SIGNER_IPC = Path("/tmp/geth.ipc")
 
 
 class ComposeError(RuntimeError):
@@ -101,6 +110,7 @@ class ComposeChain:
     nodes: dict[str, NodeInfo]
     subnet: str
     groups: dict[str, list[str]]  # member node -> device ids
+    rpc_node: str  # the member whose HTTP/WS are published on the host (Network.rpc_node)
 
     def signers(self) -> list[str]:
         return [n for n, i in self.nodes.items() if i.role == SIGNER]
@@ -163,8 +173,8 @@ def prepare_chain(run_dir: Path, groups: dict[str, list[str]], signers: int, per
     neighbours themselves."""
     run_dir = Path(run_dir)
     if signers != 1:
-        # several signers start sealing only once peered (miner_start over the admin-only
-        # RPC, chain/network.py); containers serve no admin/miner API
+        # several signers start sealing only once peered (miner_start over IPC,
+        # chain/network.py); not done here
         raise ComposeError(f"chain.signers: {signers}: the compose runtime runs one signer; "
                            "use RUNTIME=local for several signers")
     names = [f"{SIGNER}{i}" for i in range(signers)] + list(groups)
@@ -175,24 +185,27 @@ def prepare_chain(run_dir: Path, groups: dict[str, list[str]], signers: int, per
     ips = {n: str(hosts[FIRST_HOST - 1 + k]) for k, n in enumerate(names)}
     net = Network.create(run_dir, list(groups), signers, period, fund, host=ips.__getitem__,
                          datadir_root=IN / "chain" / "nodes", dial_members=True,
-                         extra={"runtime": "compose", "subnet": subnet})
+                         extra={"runtime": "compose", "subnet": subnet},
+                         rpc_node=next(iter(groups)))
     shared = run_dir / "compose" / "shared"
     shared.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "chain" / "genesis.json", shared / "genesis.json")
     (shared / "genesis.json").chmod(0o644)
-    return ComposeChain(net.nodes, subnet, dict(groups))
+    return ComposeChain(net.nodes, subnet, dict(groups), net.rpc_node())
 
 
 def geth_argv(info: NodeInfo, n_nodes: int) -> list[str]:
     """geth's command line inside a container (chain/geth.py, listening on all addresses of
-    the container; only what compose publishes is reachable from the host)."""
+    the container; only what compose publishes is reachable from the host). A signer serves
+    no HTTP/WS, only its IPC socket SIGNER_IPC."""
     d = Path(info.datadir)
     pw = IN / "keys" / "signers" / f"{info.name}.pass" if info.role == SIGNER else None
     spec = NodeSpec(name=info.name, datadir=d, p2p_port=info.p2p_port,
                     http_port=info.http_port, ws_port=info.ws_port,
                     authrpc_port=info.authrpc_port, config=d / "config.toml",
                     signer=info.signer_address, password_file=pw,
-                    maxpeers=max_peers(info, n_nodes), addr="0.0.0.0")
+                    maxpeers=max_peers(info, n_nodes), addr="0.0.0.0",
+                    ipc_path=SIGNER_IPC if info.role == SIGNER else None)
     return node_command(Path("geth"), spec)
 
 
@@ -240,8 +253,6 @@ def generate(run_dir: Path, chain: ComposeChain, images: Images,
                         _vol(run_dir / "chain" / "nodes" / name, d, ro=False),
                         _vol(keys.password_path(keys.signer_path(run_dir, name)),
                              IN / "keys" / "signers" / f"{name}.pass")],
-            "ports": [f"127.0.0.1:{info.http_port}:{info.http_port}",
-                      f"127.0.0.1:{info.ws_port}:{info.ws_port}"],
             "networks": {"lab": {"ipv4_address": chain.ip(name)}},
             "stop_grace_period": "20s",
         }
@@ -261,6 +272,10 @@ def generate(run_dir: Path, chain: ComposeChain, images: Images,
             "image": images.device, "user": user, "labels": labels,
             "command": [*cmd, "--", *geth_argv(info, n_nodes)],
             "volumes": vols,
+            # the lab's RPC node only, on host loopback (eth,net,web3,txpool)
+            **({"ports": [f"127.0.0.1:{info.http_port}:{info.http_port}",
+                          f"127.0.0.1:{info.ws_port}:{info.ws_port}"]}
+               if name == chain.rpc_node else {}),
             "networks": {"lab": {"ipv4_address": chain.ip(name)}},
             "depends_on": [service_name(s) for s in chain.signers()],
             "stop_grace_period": "20s",
@@ -415,9 +430,32 @@ def stop_run_podman(run_dir: Path) -> bool:
     return True
 
 
-def wait_signers(chain: ComposeChain, peers: bool, timeout: float = 120.0) -> None:
-    """Until every signer answers on its published RPC port and, if peers, is peered with all
-    its neighbours (every member dials the signers)."""
+def signer_rpc(project: ComposeProject, name: str, method: str, params: list | None = None,
+               timeout: float = 30.0) -> Any:
+    """One JSON-RPC call to a signer over its IPC socket inside its container (`geth attach
+    --exec`: the geth image has no other client). OSError when the container or the socket
+    does not answer yet, GethError for an RPC error."""
+    payload = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                          "params": params or []})
+    js = f"JSON.stringify(web3.currentProvider.send({payload}))"
+    try:
+        p = project.exec(service_name(name), "geth", "attach", "--exec", js,
+                         str(SIGNER_IPC), timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise OSError(f"{name} {method}: no answer in {timeout:.0f} s") from e
+    try:  # geth prints the string's JS literal: JSON of a JSON string
+        out = json.loads(json.loads(p.stdout.strip().splitlines()[-1]))
+    except (ValueError, IndexError, TypeError):
+        raise OSError(f"{name} {method}: {(p.stdout + p.stderr).strip()[-300:]}") from None
+    if "error" in out:
+        raise GethError(f"{name} {method}: {out['error'].get('message')}")
+    return out["result"]
+
+
+def wait_signers(project: ComposeProject, chain: ComposeChain, peers: bool,
+                 timeout: float = 120.0) -> None:
+    """Until every signer answers on its IPC socket and, if peers, is peered with all its
+    neighbours (every member dials the signers)."""
     deadline = time.monotonic() + timeout
     pending = ""
     while time.monotonic() < deadline:
@@ -425,9 +463,9 @@ def wait_signers(chain: ComposeChain, peers: bool, timeout: float = 120.0) -> No
         for name in chain.signers():
             info = chain.nodes[name]
             try:
-                have = int(rpc(info.http_url, "net_peerCount", timeout=2), 16)
+                have = int(signer_rpc(project, name, "net_peerCount", timeout=10), 16)
             except OSError as e:
-                pending = f"{name}: no RPC on {info.http_url} ({e})"
+                pending = f"{name}: no RPC on its IPC socket ({e})"
                 break
             if peers and have < len(info.neighbours):
                 pending = f"{name} has {have}/{len(info.neighbours)} peers"
@@ -450,23 +488,28 @@ class _NameList(list):
 
 class ComposeNetwork:
     """What the orchestrator needs of chain.network.Network, for nodes in containers. All
-    nodes are listed (the summary counts them); only the signers are reachable from the host
-    (published loopback ports), members are asked inside their containers."""
+    nodes are listed (the summary counts them); only the RPC node is reachable from the host
+    (published loopback ports), the others are asked inside their containers."""
 
     def __init__(self, chain: ComposeChain) -> None:
         self.chain = chain
         self.nodes = dict(chain.nodes)
         self.signers = _NameList(chain.signers())
 
+    def rpc_node(self) -> str:
+        return self.chain.rpc_node
+
+    def _published(self, name: str) -> NodeInfo:
+        if name != self.chain.rpc_node:
+            raise ComposeError(f"node {name} runs in a container; its RPC is not published "
+                               f"(only {self.chain.rpc_node}'s is)")
+        return self.chain.nodes[name]
+
     def rpc_url(self, name: str) -> str:
-        if name not in self.signers:
-            raise ComposeError(f"node {name} runs in a container; its RPC is not published")
-        return self.chain.nodes[name].http_url
+        return self._published(name).http_url
 
     def ws_url(self, name: str) -> str:
-        if name not in self.signers:
-            raise ComposeError(f"node {name} runs in a container; its RPC is not published")
-        return self.chain.nodes[name].ws_url
+        return self._published(name).ws_url
 
     def stop(self) -> None:  # containers are stopped by ComposeLab.stop
         pass
@@ -561,16 +604,35 @@ class ComposeLab(_lab_base()):
         self.project = ComposeProject(self.run.path, host)
         signers = self.chain.signers()
         self.project.up(*map(service_name, signers))
-        wait_signers(self.chain, peers=False)
+        wait_signers(self.project, self.chain, peers=False)
         first = self.chain.nodes[signers[0]]
         # members start once the signer's head moved past theirs: they sync in the handshake
-        advance_head(first.http_url, keys.signer_path(self.run.path, first.name),
+        advance_head(functools.partial(signer_rpc, self.project, first.name),
+                     keys.signer_path(self.run.path, first.name),
                      s.chain.period, 60, f"{first.name} (log {first.log})")
         self.project.up()
-        wait_signers(self.chain, peers=True)
+        wait_signers(self.project, self.chain, peers=True)
         self.network = ComposeNetwork(self.chain)
-        self.wait_members_at(int(rpc(first.http_url, "eth_blockNumber"), 16), 60)
+        self.wait_members_at(int(self._signer_rpc("eth_blockNumber"), 16), 60)
+        self._wait_published(60)
         self.timings["chain_start_s"] = time.monotonic() - t
+
+    def _signer_rpc(self, method: str, params: list | None = None) -> Any:
+        return signer_rpc(self.project, self.chain.signers()[0], method, params)
+
+    def _wait_published(self, timeout: float) -> None:
+        """Until the RPC node answers on its published loopback port."""
+        url = self.chain.nodes[self.chain.rpc_node].http_url
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                rpc(url, "eth_blockNumber", timeout=2)
+                return
+            except (OSError, GethError) as e:
+                if time.monotonic() > deadline:
+                    raise ComposeError(f"{self.chain.rpc_node}: no RPC on {url} after "
+                                       f"{timeout:.0f} s ({e})") from None
+                time.sleep(0.2)
 
     def deploy(self) -> None:
         super().deploy()
@@ -610,8 +672,7 @@ class ComposeLab(_lab_base()):
 
     def wait_members_at(self, block: int, timeout: float) -> None:
         """Until every member node has the signer's `block` (same hash)."""
-        want = rpc(self.chain.nodes[self.chain.signers()[0]].http_url,
-                   "eth_getBlockByNumber", [hex(block), False])["hash"]
+        want = self._signer_rpc("eth_getBlockByNumber", [hex(block), False])["hash"]
         deadline = time.monotonic() + timeout
         while True:
             differs = {n: h for n, h in self.member_hashes(block).items() if h != want}
@@ -623,14 +684,15 @@ class ComposeLab(_lab_base()):
             time.sleep(0.5)
 
     def _schedule_readers(self) -> dict[str, str]:
-        """Only the signers' RPC is published on the host; members are checked by block hash
-        (_confirm_elsewhere)."""
-        return {n: self.chain.nodes[n].http_url for n in self.chain.signers()}
+        """Only the RPC node's RPC is published on the host; the other nodes are checked by
+        block hash (_confirm_elsewhere)."""
+        return {self.chain.rpc_node: self.network.rpc_url(self.chain.rpc_node)}
 
     def _confirm_elsewhere(self, final_block: int) -> int:
-        """Every member holds the finalization block (same hash, same state)."""
+        """Every member holds the signer's finalization block (same hash, same state): the
+        nodes but the RPC node, read directly."""
         self.wait_members_at(final_block, 30)
-        return len(self.chain.nodes) - len(self.chain.signers())
+        return len(self.chain.nodes) - 1
 
     def stop(self) -> None:
         try:

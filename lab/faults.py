@@ -169,16 +169,16 @@ class Injector:
                 self._note(kind, name, slot=round((time.time() - day_start) / self.sps, 1))
 
     def _plans(self) -> dict[str, list[bool]]:
-        """The plans the bridge plays, from the chain (the run's first signer)."""
-        from chain.network import load_nodes
+        """The plans the bridge plays, from the chain (the lab's RPC node)."""
+        from chain.network import rpc_node_of
         from mqtt_bridge.chain_source import ChainSource
         from mqtt_bridge.config import BridgeConfig
 
         cfg = BridgeConfig.load(self.run_dir / "bridge.json")
-        signer = next(n for n, i in load_nodes(self.run_dir).items() if i.role == "signer")
+        node = rpc_node_of(self.run_dir).name
         for _ in range(100):
             try:
-                plans = ChainSource(self.run_dir, signer, cfg).plans()
+                plans = ChainSource(self.run_dir, node, cfg).plans()
                 if plans is not None:
                     return plans
             except OSError:

@@ -8,7 +8,7 @@ orchestrator's memory, so it runs the same beside the local and the Compose runt
 be restarted at any time:
 
     RUN/lab.json, RUN/chain/network.json    where the contract is and which node to ask
-    the chain (the first signer's RPC)      SessionOpened (feeder: price, C, E; devices),
+    the chain (the lab's RPC node)          SessionOpened (feeder: price, C, E; devices),
                                             RoundClosed (r, s, tolerances, rho, x̄ → the
                                             aggregate), Submitted (each device's proposal),
                                             the final schedule, blocks (head, gas), and
@@ -127,7 +127,7 @@ def _read_json(path: Path, stop: threading.Event) -> dict | None:
 
 class ChainFollower:
     """Rounds, proposals, blocks, the final schedule and the verify verdict, from the chain
-    through the run's first signer. Keeps its progress across errors (a node restart)."""
+    through the lab's RPC node. Keeps its progress across errors (a node restart)."""
 
     def __init__(self, run_dir: Path, state: LiveState, stop: threading.Event) -> None:
         self.run_dir, self.state, self.stop = run_dir, state, stop
@@ -159,13 +159,13 @@ class ChainFollower:
 
     def _connect(self) -> bool:
         from aggregator_contract.client import Coordinator, connect
-        from chain.network import load_nodes
+        from chain.network import rpc_node_of
 
         lab = _read_json(self.run_dir / "lab.json", self.stop)
         if lab is None:
             return False
-        signer = next(n for n in load_nodes(self.run_dir).values() if n.role == "signer")
-        coord = Coordinator(connect(signer.rpc_url), lab["contract"])
+        node = rpc_node_of(self.run_dir)
+        coord = Coordinator(connect(node.rpc_url), lab["contract"])
         self.session = int(lab["session"])
         self.deploy_block = int(lab.get("deploy_block", 0))
         info = coord.session_info(self.session, from_block=self.deploy_block)
@@ -178,7 +178,7 @@ class ChainFollower:
         self.scanned = self.deploy_block - 1
         s = info.settings
         self.state.set("session", {
-            "session": self.session, "contract": lab["contract"], "node": signer.name,
+            "session": self.session, "contract": lab["contract"], "node": node.name,
             "scenario": lab.get("scenario"), "runtime": lab.get("runtime"),
             "devices": self.ids, "slots": info.feeder.slots, "delta_h": self.delta_h,
             "price": _floats(info.feeder.price), "capacity": _floats(info.feeder.capacity),

@@ -137,7 +137,7 @@ class Lab:
     def deploy(self) -> None:
         s = self.scenario
         t = time.monotonic()
-        w3 = connect(self.network.rpc_url(self.network.signers()[0]))
+        w3 = connect(self.network.rpc_url(self.network.rpc_node()))
         self.coordinator = Coordinator.deploy(w3, self.operator)
         self.coordinator.register_devices(
             [(self.accounts[d.id].address, *d.power_bounds()) for d in s.devices])
@@ -202,7 +202,7 @@ class Lab:
 
     def start_mqtt(self, linger: bool) -> None:
         """Broker (or MQTT_URL), the emulators of every non-real actuator, and the bridge.
-        The bridge reads the day from the chain through the signer's node and waits for
+        The bridge reads the day from the chain through the lab's RPC node and waits for
         finalization; it publishes the lab's status meanwhile."""
         from mqtt_bridge.auth import plan_users
         from mqtt_bridge.broker import MqttBroker
@@ -229,13 +229,13 @@ class Lab:
                                    self.run.logs, restart=True)
         self.supervisor.python(
             "bridge", "mqtt_bridge",
-            ["bridge", "--url", bridge_url, *common, "--node", self.network.signers()[0],
+            ["bridge", "--url", bridge_url, *common, "--node", self.network.rpc_node(),
              "--linger", "-1" if linger else "0"], self.run.logs, restart=True)
         if self.meter_accounts:  # they follow the relays from the first slot on
             meter_url = f"@{keys / 'meter.url'}" if self.broker.authenticated else self.mqtt_url
             self.supervisor.python("meters", "metering",
                                    ["--run-dir", self.run.path, "--url", meter_url,
-                                    "--node", self.network.signers()[0]],
+                                    "--node", self.network.rpc_node()],
                                    self.run.logs, restart=True)
         self.say(f"mqtt: {self.broker.kind} broker at {self.mqtt_url}, "
                  f"{len(self.bridge_config.actuators)} actuators; `make watch` to follow")
@@ -254,7 +254,7 @@ class Lab:
             time.sleep(0.2)
         report = json.loads((self.run.results / "bridge.json").read_text())
         status = report["status"]
-        plans = ChainSource(self.run.path, self.network.signers()[0], self.bridge_config).plans()
+        plans = ChainSource(self.run.path, self.network.rpc_node(), self.bridge_config).plans()
         events_file = self.run.path / "emulators.jsonl"
         events = read_events(events_file) if events_file.exists() else []
         problems = {}
@@ -398,7 +398,7 @@ class Lab:
                 raise TimeoutError(f"the meters did not settle in {timeout_s:.0f} s; "
                                    f"see {self.run.logs / 'meters.log'}")
             time.sleep(0.2)
-        bills = bills_of(self.network.rpc_url(self.network.signers()[0]),
+        bills = bills_of(self.network.rpc_url(self.network.rpc_node()),
                          self.run.read_json("lab.json"))
         write_bills(self.run.results, bills)
         st = bills["settlement"]

@@ -23,14 +23,14 @@ def run_info(run_dir: Path) -> dict:
 
 @contextmanager
 def run_chain(run_dir: Path) -> Iterator[str]:
-    """The RPC URL of a node of the run's chain (its first signer)."""
-    from chain.network import Network, load_nodes, rpc
+    """The RPC URL of the run's chain (the lab's RPC node, chain.network.rpc_node_of)."""
+    from chain.network import Network, load_nodes, rpc, rpc_node_of
 
     nodes = load_nodes(run_dir)
-    signer = next(n for n in nodes.values() if n.role == "signer")
+    node = rpc_node_of(run_dir)
     net = None
     try:
-        rpc(signer.rpc_url, "web3_clientVersion", timeout=1)
+        rpc(node.rpc_url, "web3_clientVersion", timeout=1)
     except Exception:  # noqa: BLE001 - not running: resume it from its data
         chain = yaml.safe_load((run_dir / "scenario.yaml").read_text()).get("chain") or {}
         members = [n.name for n in nodes.values() if n.role == "member"]
@@ -38,7 +38,7 @@ def run_chain(run_dir: Path) -> Iterator[str]:
         net = Network.start(run_dir, members=members, signers=signers,
                             period=int(chain.get("period", 0)))
     try:
-        yield signer.rpc_url
+        yield node.rpc_url
     finally:
         if net is not None:
             net.stop()

@@ -16,7 +16,7 @@ from web3.exceptions import TransactionIndexingInProgress, TransactionNotFound
 from chain import genesis as gen
 from chain import keys
 from chain.geth import GethError, check_geth
-from chain.network import Network, load_nodes, rpc, stop_run
+from chain.network import Network, load_nodes, rpc, rpc_node_of, stop_run
 
 
 def _transfer(sender, to: str, nonce: int, base_fee: int) -> bytes:
@@ -115,6 +115,8 @@ def _assert_not_exposed(net: Network) -> None:
             assert f.stat().st_mode & 0o777 == 0o600, f
         if info.role == "signer":
             assert not _listeners(info.http_port) and not _listeners(info.ws_port), name
+            argv = psutil.Process(net.pid(name)).cmdline()
+            assert not {"--http", "--ws", "--allow-insecure-unlock"} & set(argv), argv
             continue
         for method in ("admin_peers", "admin_addPeer", "miner_start", "clique_getSigner",
                        "personal_listAccounts"):
@@ -142,8 +144,12 @@ def test_network_one_signer_three_members(tmp_path):
         assert all(pids) and len(net.nodes) == 4
         # metadata for other processes
         meta = json.loads((tmp_path / "chain" / "network.json").read_text())
-        assert {n["name"]: n["http_url"] for n in meta["nodes"]}["member1"] == \
-            net.nodes["member1"].http_url
+        urls = {n["name"]: n["http_url"] for n in meta["nodes"]}
+        assert urls["member1"] == net.nodes["member1"].http_url
+        assert urls["signer0"] is None  # a signer serves no HTTP
+        # the lab talks to the first signer, over IPC (chain.network.rpc_node_of)
+        assert meta["rpc_node"] == net.rpc_node() == "signer0"
+        assert rpc_node_of(tmp_path).rpc_url == f"ipc://{net.nodes['signer0'].ipc}"
         assert net.ws_url("member1").startswith("ws://127.0.0.1:")
         # peered, same head
         for m in net.members():

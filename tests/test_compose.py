@@ -23,6 +23,8 @@ import pytest
 import yaml
 
 from chain import keys
+from chain.geth import GethError
+from chain.network import load_nodes, rpc
 from lab import compose
 from lab.compose import IN, Images, generate, prepare_chain, write_compose
 
@@ -83,20 +85,40 @@ def test_one_device_service_per_device_with_only_its_own_key(compose_run) -> Non
         assert not any(other in src for src in mounts.values()
                        for other in DEVICES if other != d and "/nodes/" not in src)
         assert not any("operator" in src or "signers" in src for src in mounts.values())
-        assert "ports" not in services[f"node-{d}"]
         cmd = services[f"node-{d}"]["command"]
         assert cmd[:6] == ["--run-dir", str(IN), "--node", f"node-{d}", "--device", d]
     signer_mounts = _mounts(services["signer0"])
     assert not any("devices" in dst or "operator" in dst for dst in signer_mounts)
 
 
-def test_only_loopback_ports_are_published(compose_run) -> None:
-    _, spec = compose_run
+def test_only_the_rpc_members_loopback_ports_are_published(compose_run) -> None:
+    """The signer (unlocked account) serves no HTTP/WS and publishes nothing: its RPC is an
+    IPC socket inside its container. The lab's RPC node, a member, publishes its HTTP/WS on
+    loopback, with eth,net,web3,txpool only and Host/Origin checks."""
+    path, spec = compose_run
+    meta = json.loads((path.parent / "chain" / "network.json").read_text())
+    assert meta["rpc_node"] == "node-home01"
     published = {name: s.get("ports", []) for name, s in spec["services"].items()}
     for name, ports in published.items():
         for p in ports:
             assert p.startswith("127.0.0.1:"), f"{name} publishes {p} beyond loopback"
-    assert {n for n, p in published.items() if p} == {"signer0"}
+    assert {n for n, p in published.items() if p} == {"node-home01"}
+    rpc_node = {n["name"]: n for n in meta["nodes"]}["node-home01"]
+    assert published["node-home01"] == [f"127.0.0.1:{rpc_node['http_port']}:"
+                                        f"{rpc_node['http_port']}", f"127.0.0.1:"
+                                        f"{rpc_node['ws_port']}:{rpc_node['ws_port']}"]
+    signer = spec["services"]["signer0"]["entrypoint"][-1]
+    for flag in ("--http", "--ws", "--allow-insecure-unlock", "--ipcdisable"):
+        assert f" {flag} " not in signer, flag
+    assert f"--ipcpath {compose.SIGNER_IPC} " in signer and "--unlock " in signer
+    signer_meta = {n["name"]: n for n in meta["nodes"]}["signer0"]
+    assert signer_meta["http_url"] is None and signer_meta["ws_url"] is None
+    for d in DEVICES:
+        argv = spec["services"][f"node-{d}"]["command"]
+        assert argv[argv.index("--http.api") + 1] == "eth,net,web3,txpool"
+        assert argv[argv.index("--http.vhosts") + 1] == "localhost,127.0.0.1"
+        assert argv[argv.index("--ws.origins") + 1] == "localhost,127.0.0.1"
+        assert "--unlock" not in argv
 
 
 def test_chain_files_are_the_local_runtimes_with_container_addresses(compose_run) -> None:
@@ -289,7 +311,8 @@ def test_homes3_under_compose_matches_local(tmp_path: Path, local_run) -> None:
 def test_compose_up_isolates_keys_publishes_loopback_only_and_down_cleans(
         tmp_path: Path) -> None:
     """`lab up --runtime compose` (stays up): each device container holds only its own key,
-    only the signer's RPC is published and on loopback; then `lab down` (no DOCKER_HOST)
+    only the RPC node's (a member) RPC is published and on loopback, the signer publishes
+    nothing and answers over IPC in its container only; then `lab down` (no DOCKER_HOST)
     removes containers, network, podman service and conmon."""
     _engine_or_skip()
     import docker
@@ -318,12 +341,19 @@ def test_compose_up_isolates_keys_publishes_loopback_only_and_down_cleans(
             for name, c in names.items():
                 ports = c.attrs["HostConfig"].get("PortBindings") or {}
                 bound = [b for binds in ports.values() for b in (binds or [])]
-                if name == "signer0":
+                if name == "node-home01":  # the lab's RPC node
                     assert bound and all(b["HostIp"] == "127.0.0.1" for b in bound), bound
                 else:
                     assert not bound, f"{name} publishes {bound}"
         finally:
             client.close()
+        # the signer answers over IPC inside its container, with every API; the published
+        # member refuses admin, miner, clique and personal
+        assert compose.signer_rpc(project, "signer0", "admin_peers")
+        url = load_nodes(run)["node-home01"].http_url
+        for method in ("admin_peers", "miner_start", "clique_getSigner", "personal_listAccounts"):
+            with pytest.raises(GethError, match="does not exist|not available"):
+                rpc(url, method)
         for d in ("home01", "home02", "home03"):
             # every key-like file under /lab: device keys, signer passwords and keystores,
             # the operator's key
