@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from eth_account.signers.local import LocalAccount
 
-from aggregator_contract.client import Coordinator, CurrentVars, PendingTx, WrongRound
+from aggregator_contract.client import Coordinator, CurrentVars, PendingTx, Refused, WrongRound
 from device_node.local_step import LocalProblem
 from mqtt_bridge.plan import on_off_plan, plan_to_words, required_on_slots
 from scenario import DeviceSpec
@@ -79,6 +79,19 @@ class DeviceAgent:
         except WrongRound as e:
             self.coordinator.forget_sent(res.session)  # not taken: the chain's x_i counts
             log.warning("%s: submission for round %d refused: %s", self.spec.id, res.round, e)
+            return False
+        except Refused as e:
+            # a revert whose reason could not be read back (the state it met is gone): it
+            # is the round moving on only if the chain says so now; anything else raises
+            c = self.coordinator
+            cur = c.current()
+            moved = c.is_finalized(res.session) or cur is None or (
+                cur.session, cur.round) != (res.session, res.round)
+            if not moved:
+                raise
+            c.forget_sent(res.session)
+            log.warning("%s: submission for round %d reverted as the round closed or the "
+                        "session ended: %s", self.spec.id, res.round, e)
             return False
 
     def publish_final(self, session: int) -> list[PendingTx]:
