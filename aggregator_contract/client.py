@@ -341,6 +341,14 @@ class PendingTx:
         except Exception as e:  # noqa: BLE001 - web3's TimeExhausted and transport errors
             _Nonces.forget(self.w3, self.tx["from"])
             raise NotMined(self.what, f"tx {self.tx_hash.hex()} not mined: {e}") from None
+        # geth can serve a receipt before the node's head reaches its block (a block imported
+        # in a sync batch): wait for the head, so that a read after this sees the write
+        deadline = time.monotonic() + timeout
+        while self.w3.eth.block_number < receipt["blockNumber"]:
+            if time.monotonic() > deadline:
+                raise NotMined(self.what, f"tx {self.tx_hash.hex()}: block "
+                               f"{receipt['blockNumber']} never became this node's head")
+            time.sleep(0.02)
         if receipt["status"] != 1:
             call = {k: self.tx[k] for k in ("from", "to", "data", "value", "gas") if k in self.tx}
             try:
