@@ -288,9 +288,15 @@ def test_homes3_under_compose_matches_local(tmp_path: Path, local_run) -> None:
     run = _run_dir(tmp_path / "runs")
     assert summary["runtime"] == "compose" and local["runtime"] == "local"
     assert set(summary) == set(local)
-    same = ("scenario", "nodes", "devices", "finalized", "converged", "rounds",
-            "rounds_inprocess")
+    same = ("scenario", "nodes", "devices", "finalized", "converged", "rounds_inprocess")
     assert {k: summary[k] for k in same} == {k: local[k] for k in same}
+    stragglers = sum(r["stragglers"] for d in (run, local_dir)
+                     for r in json.loads((d / "results" / "history.json").read_text()))
+    if stragglers == 0:  # the same trajectory, round for round
+        assert summary["rounds"] == local["rounds"]
+    else:  # a round the deadline closed without a stalled device (docs/faults.md, "The
+        # stall") keeps its previous x_i: another trajectory to the same optimum
+        print(f"\n{stragglers} straggler(s): rounds {summary['rounds']} vs {local['rounds']}")
     assert summary["gap_vs_inprocess"] <= 1e-3
     assert set(summary["mqtt"]) == set(local["mqtt"])
     for k in ("broker", "actuators", "actuators_following_plan", "problems", "commands"):
