@@ -40,6 +40,7 @@ REASONS = ("unknown meter", "billing not open", "home not in session", "already 
            "wrong slot", "duplicate reading", "readings missing", "schedule not published",
            "session not finalized", "billing already open", "only operator",
            "unsettled session", "beyond balance", "reading out of range")
+OUT, OPEN, SETTLED = 0, 1, 2  # a home's state in a session (Billing.vy)
 POST_GAS_BASE = 60_000
 POST_GAS_PER_WORD = 26_000  # a storage word from zero, plus calldata and the event
 SETTLE_GAS = 1_500_000
@@ -239,6 +240,7 @@ class Billing:
             block_identifier=block))
 
     def state(self, session: int, home: str) -> int:
+        """A home's billing state in `session`: OUT, OPEN or SETTLED."""
         return int(self.contract.functions.state(session, to_checksum_address(home)).call())
 
     def operator(self) -> str:

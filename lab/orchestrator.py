@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,12 @@ class Progress:
     t_start: float = field(default_factory=time.monotonic)
     t_last: float = field(default_factory=time.monotonic)
     ended: bool = False  # the operator ended the session (end_session)
+    # where follow_rounds reads from next, and when it last saw the chain move
+    next_round: int = 0
+    from_block: int = 0
+    prev_block: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    last_head: int = -1
 
 
 class Lab:
@@ -92,6 +99,10 @@ class Lab:
         self.session: int | None = None
         self.groups: dict[str, list[str]] = {}  # node name -> device ids it serves
         self.timings: dict[str, float] = {}  # start-up phases, reported in the summary
+        self.broker = None  # the lab's MQTT broker, once start_mqtt ran
+        self.billing = None  # the Billing contract, when the scenario bills
+        self._lag_next = 0.0  # when _heal_members looks next
+        self._behind: dict[str, tuple[float, int]] = {}  # member -> (since, signer's head)
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -161,7 +172,6 @@ class Lab:
         billing is off); its part of lab.json."""
         from aggregator_contract.billing import Billing
 
-        self.billing = None
         if not self.meter_accounts:
             return {}
         self.billing = Billing.deploy(w3, self.operator, self.coordinator.address)
@@ -245,13 +255,7 @@ class Lab:
         from mqtt_bridge.chain_source import ChainSource
         from mqtt_bridge.emulator import check_plan_followed, read_events
 
-        bridge = self.supervisor.children["bridge"]
-        deadline = time.monotonic() + timeout_s
-        while bridge.proc.poll() != 0:  # a killed bridge is restarted by tend() and resumes
-            self.tend()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the bridge did not finish the day in {timeout_s:.0f} s")
-            time.sleep(0.2)
+        self._wait_done("bridge", timeout_s, "finish the day")
         report = json.loads((self.run.results / "bridge.json").read_text())
         status = report["status"]
         plans = ChainSource(self.run.path, self.network.rpc_node(), self.bridge_config).plans()
@@ -274,6 +278,18 @@ class Lab:
 
     # -- keeping processes up ---------------------------------------------------------
 
+    def _wait_done(self, name: str, timeout_s: float, what: str) -> None:
+        """Until supervised child `name` exits 0; one that dies meanwhile is restarted by
+        `tend` and resumes."""
+        child = self.supervisor.children[name]
+        deadline = time.monotonic() + timeout_s
+        while child.proc.poll() != 0:
+            self.tend()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the {name} did not {what} in {timeout_s:.0f} s; "
+                                   f"see {self.run.logs / f'{name}.log'}")
+            time.sleep(0.2)
+
     def tend(self) -> None:
         """Restart what died: device processes, the bridge, the emulators and the meters
         (the Supervisor; each resumes from the chain or the run folder), a geth node (on its
@@ -281,8 +297,8 @@ class Lab:
         self.supervisor.poll()
         self._revive_nodes()
         self._heal_members()
-        broker = getattr(self, "broker", None)
-        if broker is not None and broker.proc is not None and broker.proc.poll() is not None:
+        broker = self.broker
+        if broker is not None and broker.proc is not None and not broker.running():
             self.say(f"broker exited ({broker.proc.returncode}); restarting it")
             broker.proc = None
             try:
@@ -301,12 +317,17 @@ class Lab:
             if net.pid(name) is not None:
                 continue
             self.say(f"geth node {name} is gone; restarting it on its data")
-            try:
-                net.start_node(name, timeout=30)
-            except Exception as e:  # noqa: BLE001 - e.g. a peer not answering: next tend
-                log.warning("node %s restart: %s", name, e)
-            if net.pid(name):
-                self.run.record_pid(f"geth-{name}", net.pid(name))
+            self._bring_back(name, net.start_node)
+
+    def _bring_back(self, name: str, how: Callable[..., None]) -> None:
+        """Start or restart node `name` with `how` (a Network method); a failure (e.g. a
+        peer not answering) is left to the next tend. Its new pid goes in the run folder."""
+        try:
+            how(name, timeout=30)
+        except Exception as e:  # noqa: BLE001
+            log.warning("node %s: %s", name, e)
+        if self.network.pid(name):
+            self.run.record_pid(f"geth-{name}", self.network.pid(name))
 
     def _heal_members(self) -> None:
         """Restart a member node that has stayed behind the signer's head for
@@ -319,11 +340,10 @@ class Lab:
         answer (stopped, or starting) is left to time."""
         net = self.network
         now = time.monotonic()
-        if not isinstance(net, Network) or now < getattr(self, "_lag_next", 0.0):
+        if not isinstance(net, Network) or now < self._lag_next:
             return
         self._lag_next = now + LAG_CHECK_S
-        behind: dict[str, tuple[float, int]] = getattr(self, "_behind", {})
-        self._behind = behind
+        behind = self._behind
         try:
             top = int(rpc(net.rpc_url(net.signers()[0]), "eth_blockNumber", timeout=2), 16)
         except (OSError, GethError):
@@ -343,12 +363,7 @@ class Lab:
                 self.say(f"geth node {name} stuck at block {head} (the signer had {target} "
                          f"{now - since:.0f} s ago); restarting it")
                 behind.pop(name)
-                try:
-                    net.restart_node(name, timeout=30)
-                except Exception as e:  # noqa: BLE001 - next time
-                    log.warning("node %s restart: %s", name, e)
-                if net.pid(name):
-                    self.run.record_pid(f"geth-{name}", net.pid(name))
+                self._bring_back(name, net.restart_node)
 
     # -- metering and billing ----------------------------------------------------------
 
@@ -390,14 +405,7 @@ class Lab:
 
         if self.billing is None:
             return None
-        meters = self.supervisor.children["meters"]
-        deadline = time.monotonic() + timeout_s
-        while meters.proc.poll() != 0:  # a failed one is restarted by poll() and resumes
-            self.tend()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the meters did not settle in {timeout_s:.0f} s; "
-                                   f"see {self.run.logs / 'meters.log'}")
-            time.sleep(0.2)
+        self._wait_done("meters", timeout_s, "settle")
         bills = bills_of(self.network.rpc_url(self.network.rpc_node()),
                          self.run.read_json("lab.json"))
         write_bills(self.run.results, bills)
@@ -415,10 +423,7 @@ class Lab:
     def follow_rounds(self, timeout_s: float | None = None) -> Progress:
         """Print one line per closed round until the session is final. A node that stops
         answering (restarted by `tend`) only delays it."""
-        prog = Progress()
-        self._next_round, self._from_block = 0, self.deploy_block
-        self._last_seen, self._last_head = time.monotonic(), -1
-        self._prev_block = self.open_block
+        prog = Progress(from_block=self.deploy_block, prev_block=self.open_block)
         while True:
             self.tend()
             try:
@@ -435,32 +440,32 @@ class Lab:
         """Record the rounds closed since the last call; True once the session is final."""
         coord, session = self.coordinator, self.session
         final = coord.is_finalized(session)  # before the events: the last one is read
-        recs = [r for r in coord.rounds(session, from_block=self._from_block)
-                if r.round >= self._next_round]
+        recs = [r for r in coord.rounds(session, from_block=prog.from_block)
+                if r.round >= prog.next_round]
         now = time.monotonic()
         for r in recs:
-            gas = self._gas_between(self._prev_block, r.block)
+            gas = self._gas_between(prog.prev_block, r.block)
             row = {"round": r.round, "r": r.r, "s": r.s, "eps_pri": r.eps_pri,
                    "eps_dual": r.eps_dual, "rho": r.rho, "rho_next": r.rho_next,
                    "converged": r.converged, "stragglers": r.stragglers, "block": r.block,
                    "gas": gas, "wall_s": round(now - prog.t_last, 4)}
             prog.rows.append(row)
             prog.t_last = now
-            self._prev_block = r.block
-            self._next_round, self._from_block = r.round + 1, r.block
+            prog.prev_block = r.block
+            prog.next_round, prog.from_block = r.round + 1, r.block
             self.say(f"round {r.round:3d} | r {r.r:9.3e} (eps {r.eps_pri:8.2e}) | "
                      f"s {r.s:9.3e} (eps {r.eps_dual:8.2e}) | rho {r.rho:8.4g} | "
                      f"{row['wall_s']:6.3f} s | gas {gas:,}"
                      + (f" | {r.stragglers} straggler(s)" if r.stragglers else ""))
         head = coord.w3.eth.block_number
-        if recs or head != self._last_head:  # progress: a round closed or a block was sealed
-            self._last_seen, self._last_head = now, head
+        if recs or head != prog.last_head:  # progress: a round closed or a block was sealed
+            prog.last_seen, prog.last_head = now, head
         if final:
             prog.ended = coord.is_ended(session)
             return True
-        if now - self._last_seen > STALL_TICK_S:
+        if now - prog.last_seen > STALL_TICK_S:
             self._unstick()
-            self._last_seen = now
+            prog.last_seen = now
         return False
 
     def _unstick(self) -> None:
@@ -479,12 +484,6 @@ class Lab:
             return
         if self.scenario.chain.period == 0:
             send_tx(w3, self.operator, {"to": self.operator.address, "value": 0}, "tick")
-
-    def end_session(self) -> None:
-        """The operator ends the session unconverged (`end_session`): follow_rounds returns
-        with `ended` set, and the devices' processes exit."""
-        self.coordinator.end_session(self.session)
-        self.say(f"session {self.session} ended by the operator")
 
     def _gas_between(self, after_block: int, upto_block: int) -> int:
         w3 = self.coordinator.w3
@@ -555,7 +554,7 @@ class Lab:
 
     def stop(self) -> None:
         self.supervisor.stop_all()
-        if getattr(self, "broker", None) is not None:
+        if self.broker is not None:
             if getattr(self, "bridge_mqtt_url", None):  # the broker came up
                 _clear_retained(self.bridge_mqtt_url, self.run.path)
             self.broker.stop()

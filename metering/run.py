@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from aggregator_contract.billing import Billing, BillingRefused
+from aggregator_contract.billing import SETTLED, WEI_PER_USD, Billing, BillingRefused
 from aggregator_contract.client import Coordinator, connect
 from chain import keys
 from chain.network import load_nodes
@@ -36,9 +36,7 @@ from metering.post import post_readings
 from mqtt_bridge.config import BridgeConfig
 
 log = logging.getLogger("metering")
-WEI_PER_USD = 10**18
 POLL_S = 1.0
-SETTLED = 2  # Billing.vy's home state
 
 
 @dataclass(frozen=True)
@@ -88,7 +86,7 @@ class RunMeters:
 
     # -- during the day ----------------------------------------------------------------
 
-    def record(self, stop_when_played: bool = True) -> Day:
+    def record(self) -> tuple[Day, RelayRecorder]:
         """Follow the relays until the bridge has played the day."""
         rec = RelayRecorder(self.config.actuators, self.url, journal=self.journal)
         rec.start()
@@ -97,21 +95,20 @@ class RunMeters:
                 time.sleep(POLL_S)
         finally:
             rec.stop()
-        self.recorder = rec
-        return day
+        return day, rec
 
     # -- after the day -----------------------------------------------------------------
 
-    def readings(self, day: Day) -> dict[str, list[int]]:
+    def readings(self, day: Day, rec: RelayRecorder) -> dict[str, list[int]]:
         """Each home's Wh per slot, measured."""
         b = self.scenario.billing
         slots = self.scenario.horizon.slots
-        relays = self.recorder.slots(day.day_start, day.seconds_per_slot, slots)
+        relays = rec.slots(day.day_start, day.seconds_per_slot, slots)
         sched = self.coord.schedule(self.session)
         out = {}
         for dev, addr in self.homes.items():
             meter = EmulatedMeter(self.specs[dev], b.deviations)
-            mine = {a.component: relays[a.id] for a in self.recorder.acts if a.device == dev}
+            mine = {a.component: relays[a.id] for a in rec.acts if a.device == dev}
             out[dev] = meter.readings_wh(meter.measure(np.asarray(sched.x[addr]), mine),
                                          self.scenario.horizon.slot_minutes / 60)
         return out
@@ -149,16 +146,16 @@ class RunMeters:
         return did
 
     def run(self) -> dict[str, Any]:
-        day = self.record()
+        day, rec = self.record()
         self.wait_billing_open()
-        wh = self.readings(day)
+        wh = self.readings(day, rec)
         period = self.scenario.billing.period_slots(self.scenario.horizon.slot_minutes)
         done = {dev: self.settle_home(dev, wh[dev], period) for dev in self.homes}
         out = {"session": self.session, "day_start": day.day_start,
                "seconds_per_slot": day.seconds_per_slot, "period_slots": period,
                "homes": {dev: {"meter": self.meters[dev].address, "slot_wh": wh[dev],
                                "this_process": done[dev]} for dev in self.homes},
-               "relays_measured": sorted(a.id for a in self.recorder.acts)}
+               "relays_measured": sorted(a.id for a in rec.acts)}
         (self.run_dir / "results").mkdir(exist_ok=True)
         (self.run_dir / "results" / "meters.json").write_text(json.dumps(out, indent=1))
         return out

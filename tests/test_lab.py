@@ -3,6 +3,7 @@ the real contract, a real MQTT broker and emulated devices."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -137,30 +138,39 @@ def test_homes3_end_to_end(runs):
     _assert_nothing_left(run_dir)
 
 
-def test_device_process_killed_mid_run_still_finalizes(runs):
-    """SIGKILL a device process after a few rounds: the supervisor restarts it, it resumes
-    from chain state, and the run finalizes with the same schedule as in-process ADMM."""
-    from lab.admm_inprocess import run_admm
+@contextlib.contextmanager
+def _running_lab(scen):
+    """A local-runtime Lab of `scen` with its chain, contract and device processes up;
+    stopped on leaving."""
     from lab.orchestrator import Lab
     from lab.runfolder import RunFolder
-    from lab.verify import verify_session
-    from scenario import load
 
-    scen = load("homes3")
     lab = Lab(scen, RunFolder.create(scen.name), out=sys.stderr)
     try:
         lab.prepare()
         lab.start_chain()
         lab.deploy()
         lab.start_devices()
+        yield lab
+    finally:
+        lab.stop()
+
+
+def test_device_process_killed_mid_run_still_finalizes(runs):
+    """SIGKILL a device process after a few rounds: the supervisor restarts it, it resumes
+    from chain state, and the run finalizes with the same schedule as in-process ADMM."""
+    from lab.admm_inprocess import run_admm
+    from lab.verify import verify_session
+    from scenario import load
+
+    scen = load("homes3")
+    with _running_lab(scen) as lab:
         victim = next(iter(lab.supervisor.children.values()))
         lab.coordinator.wait_for_round(lab.session, 4, timeout=120)
         os.kill(victim.proc.pid, signal.SIGKILL)
         prog = lab.follow_rounds(timeout_s=300)
         x, meta = lab.read_schedule()
         verdict = verify_session(lab.coordinator, lab.session, from_block=lab.deploy_block)
-    finally:
-        lab.stop()
     assert verdict.ok, verdict.problems
     assert victim.restarts >= 1
     assert meta["converged"]
@@ -175,8 +185,6 @@ def test_lab_end_stops_devices_and_orchestrator_cleanly(runs):
     the typed refusal, and lab verify replays the ended session."""
     from aggregator_contract.client import Coordinator, SessionEnded
     from chain.keys import device_path, load_account
-    from lab.orchestrator import Lab
-    from lab.runfolder import RunFolder
     from lab.verify import verify_session
     from scenario import load
 
@@ -185,12 +193,7 @@ def test_lab_end_stops_devices_and_orchestrator_cleanly(runs):
     # time to land however fast the rounds go
     scen = scen.model_copy(update={"admm": scen.admm.model_copy(
         update={"eps_abs": 1e-12, "eps_rel": 0.0, "max_rounds": 10_000})})
-    lab = Lab(scen, RunFolder.create(scen.name), out=sys.stderr)
-    try:
-        lab.prepare()
-        lab.start_chain()
-        lab.deploy()
-        lab.start_devices()
+    with _running_lab(scen) as lab:
         lab.coordinator.wait_for_round(lab.session, 2, timeout=120)
         out = subprocess.run(lab_cmd("end", str(lab.run.path)), capture_output=True,
                              text=True, env=_env(), cwd=REPO, timeout=60)
@@ -210,8 +213,6 @@ def test_lab_end_stops_devices_and_orchestrator_cleanly(runs):
         verdict = verify_session(c, lab.session, from_block=lab.deploy_block)
         published = [c.registry_schedule(lab.session, lab.accounts[d.id].address)
                      for d in scen.devices]
-    finally:
-        lab.stop()
     assert prog.ended and summary["ended"] and not summary["converged"]
     assert all(ch.proc.returncode == 0 and ch.restarts == 0 for ch in children)
     assert published == [None] * len(scen.devices)  # an ended session is not published
